@@ -1,0 +1,80 @@
+"""`scale_by_adadelta`: Zeiler's Adadelta preconditioner."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.typing import ArrayLike, DTypeLike
+
+from adafactor_jax._src import tree as tree_lib
+from adafactor_jax._src import validation
+from adafactor_jax._src.factored import abs_sq, stats_dtype_for
+
+
+class ScaleByAdadeltaState(NamedTuple):
+  e_g: Any  # per leaf: EMA of g**2, the leaf's shape, in the stats dtype.
+  e_x: Any  # per leaf: EMA of the squared (unit-lr) update, the leaf's shape.
+
+
+def scale_by_adadelta(
+    rho: ArrayLike = 0.9,
+    eps: ArrayLike = 1e-6,
+    *,
+    stats_dtype: Optional[DTypeLike] = jnp.float32,
+) -> optax.GradientTransformationExtraArgs:
+  r"""Rescales updates with Adadelta's ratio of update and gradient RMS (no sign flip).
+
+  .. math::
+
+     E[g^2]_t &= \rho E[g^2]_{t-1} + (1-\rho) g_t^2 \\
+     \Delta_t &= \sqrt{E[\Delta^2]_{t-1} + \epsilon} \,/\, \sqrt{E[g^2]_t + \epsilon}\; g_t \\
+     E[\Delta^2]_t &= \rho E[\Delta^2]_{t-1} + (1-\rho) \Delta_t^2
+
+  Args:
+    rho: decay of both averages, in [0, 1].
+    eps: added inside both square roots (>= 0).
+    stats_dtype: dtype of the two averages (float32 by default; None: the param dtype).
+
+  Returns:
+    An `optax.GradientTransformationExtraArgs` with state `ScaleByAdadeltaState`.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import adafactor_jax
+    >>> tx = adafactor_jax.scale_by_adadelta(rho=0.95, eps=1e-7)
+    >>> updates, state = tx.update({"w": jnp.ones(2)}, tx.init({"w": jnp.zeros(2)}))
+    >>> print(updates["w"])  # sqrt(eps / (1 - rho)) on the first step
+    [0.00141421 0.00141421]
+
+  References:
+    Zeiler, `ADADELTA: An Adaptive Learning Rate Method <https://arxiv.org/abs/1212.5701>`_, 2012.
+  """
+  validation.check_number("rho", rho, low=0.0, high=1.0)
+  validation.check_number("eps", eps, low=0.0)
+  name = "scale_by_adadelta"
+
+  def init_fn(params):
+    zeros = lambda p: jnp.zeros(p.shape, stats_dtype_for(p.dtype, stats_dtype))
+    return ScaleByAdadeltaState(e_g=jax.tree.map(zeros, params), e_x=jax.tree.map(zeros, params))
+
+  def update_fn(updates, state, params=None, **extra_args):
+    del params, extra_args
+    treedef = tree_lib.check_same_tree(name, state.e_g, updates)
+    out, e_gs, e_xs = [], [], []
+    for g, e_g, e_x in zip(jax.tree.leaves(updates), treedef.flatten_up_to(state.e_g),
+                           treedef.flatten_up_to(state.e_x)):
+      dtype = e_g.dtype
+      new_e_g = ((1.0 - rho) * abs_sq(g, dtype) + rho * e_g).astype(dtype)
+      delta = jnp.sqrt(e_x + eps) / jnp.sqrt(new_e_g + eps) * g.astype(
+          jnp.result_type(g.dtype, dtype))
+      new_e_x = ((1.0 - rho) * abs_sq(delta, dtype) + rho * e_x).astype(dtype)
+      out.append(delta.astype(g.dtype))
+      e_gs.append(new_e_g)
+      e_xs.append(new_e_x)
+    return treedef.unflatten(out), ScaleByAdadeltaState(
+        e_g=treedef.unflatten(e_gs), e_x=treedef.unflatten(e_xs))
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)

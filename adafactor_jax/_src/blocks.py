@@ -1,0 +1,391 @@
+"""Building blocks after the statistics: update clipping, parameter scale, learning rate,
+momentum, weight decay and its masks. None of them flips the sign except
+`scale_by_learning_rate` (``flip_sign=True``, its default)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable, NamedTuple, Optional, Sequence, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax import tree_util
+from jax.typing import ArrayLike, DTypeLike
+
+from adafactor_jax._src import factoring
+from adafactor_jax._src import tree as tree_lib
+from adafactor_jax._src import validation
+
+MaskOrFn = Union[Any, Callable[[optax.Params], Any], None]
+
+
+def block_rms(x: jax.Array, plan: factoring.LeafPlan, dtype: DTypeLike) -> jax.Array:
+  """RMS of `x` over all dims but the batch dims (keepdims), computed in `dtype`."""
+  axes = plan.rms_axes(x.ndim)
+  sq = jnp.real(x * jnp.conj(x)) if jnp.iscomplexobj(x) else x * x
+  if x.size == 0:
+    return jnp.zeros([1] * x.ndim, dtype)
+  return jnp.sqrt(jnp.mean(sq.astype(dtype), axis=axes, keepdims=True))
+
+
+def _plans(rules: Optional[factoring.FactorRules], tree: Any) -> list[factoring.LeafPlan]:
+  leaves = tree_util.tree_flatten_with_path(tree)[0]
+  if rules is None:
+    return [factoring.UNFACTORED] * len(leaves)
+  return [rules.plan(tree_lib.path_str(p), x.shape) for p, x in leaves]
+
+
+def _rules(factor_rule: Optional[factoring.FactorRule]) -> Optional[factoring.FactorRules]:
+  return None if factor_rule is None else factoring.as_rules(factor_rule)
+
+
+def clip_by_block_rms(
+    threshold: ArrayLike,
+    *,
+    factor_rule: Optional[factoring.FactorRule] = None,
+) -> optax.GradientTransformationExtraArgs:
+  r"""Clips each leaf's update so that its root mean square is at most `threshold`.
+
+  .. math:: u \leftarrow u / \max(1, \mathrm{RMS}(u) / d)
+
+  Args:
+    threshold: the maximum RMS :math:`d` (> 0; Adafactor uses 1.0).
+    factor_rule: optional factoring rule (see `scale_by_factored_rms`); its ``batch`` dims get
+      one RMS per slice (t5x's per-layer clipping of scanned layers). By default the RMS is over
+      the whole leaf, as optax.
+
+  Returns:
+    An `optax.GradientTransformationExtraArgs` with an empty state.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import adafactor_jax
+    >>> tx = adafactor_jax.clip_by_block_rms(1.0)
+    >>> updates, _ = tx.update({"w": jnp.array([3.0, 4.0])}, tx.init(None))
+    >>> print(updates["w"])  # RMS was sqrt(12.5)
+    [0.8485281 1.1313709]
+
+  References:
+    Shazeer & Stern, `Adafactor <https://arxiv.org/abs/1804.04235>`_, 2018, section 6.
+
+  Notes:
+    optax's version takes the whole leaf; with batch dims ours matches t5x. A zero update
+    stays zero (no division by zero).
+  """
+  validation.check_number("threshold", threshold, low=0.0, low_inclusive=False)
+  rules = _rules(factor_rule)
+
+  def update_fn(updates, state, params=None, **extra_args):
+    del params, extra_args
+    leaves, treedef = jax.tree.flatten(updates)
+    out = []
+    for u, plan in zip(leaves, _plans(rules, updates)):
+      rms = block_rms(u, plan, u.dtype if u.dtype != jnp.float16 else jnp.float32)
+      denom = jnp.maximum(1.0, rms / threshold)
+      out.append((u / denom.astype(u.dtype)).astype(u.dtype))
+    return treedef.unflatten(out), state
+
+  return optax.GradientTransformationExtraArgs(optax.init_empty_state, update_fn)
+
+
+def scale_by_param_block_rms(
+    min_scale: ArrayLike = 1e-3,
+    *,
+    max_scale: Optional[ArrayLike] = None,
+    factor_rule: Optional[factoring.FactorRule] = None,
+) -> optax.GradientTransformationExtraArgs:
+  r"""Scales each leaf's update by the root mean square of its parameter.
+
+  .. math:: u \leftarrow u \cdot \mathrm{clip}(\mathrm{RMS}(p), \text{min\_scale},
+     \text{max\_scale})
+
+  Args:
+    min_scale: floor of the scale (Adafactor's :math:`\epsilon_2`, >= 0).
+    max_scale: optional cap of the scale (t5x's ``max_parameter_scale``).
+    factor_rule: optional factoring rule whose ``batch`` dims get one RMS per slice (t5x).
+
+  Returns:
+    An `optax.GradientTransformationExtraArgs` with an empty state; ``params`` are required.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import adafactor_jax
+    >>> tx = adafactor_jax.scale_by_param_block_rms()
+    >>> params = {"w": jnp.array([3.0, 4.0])}
+    >>> updates, _ = tx.update({"w": jnp.ones(2)}, tx.init(params), params)
+    >>> print(updates["w"])
+    [3.535534 3.535534]
+
+  References:
+    Shazeer & Stern, `Adafactor <https://arxiv.org/abs/1804.04235>`_, 2018, section 8.
+
+  Notes:
+    The RMS is computed in float32 for half-precision params (optax: in the param dtype).
+  """
+  validation.check_number("min_scale", min_scale, low=0.0)
+  if max_scale is not None:
+    validation.check_number("max_scale", max_scale, low=0.0, low_inclusive=False)
+  rules = _rules(factor_rule)
+  name = "scale_by_param_block_rms"
+
+  def update_fn(updates, state, params=None, **extra_args):
+    del extra_args
+    tree_lib.require_params(name, params, "the update is scaled by the RMS of each parameter")
+    treedef = tree_lib.check_same_tree(name, params, updates, expected_name="the params")
+    out = []
+    for u, p, plan in zip(jax.tree.leaves(updates), treedef.flatten_up_to(params),
+                          _plans(rules, updates)):
+      dtype = jnp.promote_types(jnp.finfo(p.dtype).dtype if jnp.iscomplexobj(p) else p.dtype,
+                                jnp.float32)
+      scale = jnp.maximum(block_rms(p, plan, dtype), min_scale)
+      if max_scale is not None:
+        scale = jnp.minimum(scale, max_scale)
+      out.append((u * scale.astype(u.dtype)).astype(u.dtype))
+    return treedef.unflatten(out), state
+
+  return optax.GradientTransformationExtraArgs(optax.init_empty_state, update_fn)
+
+
+class ScaleByScheduleState(NamedTuple):
+  count: jax.Array  # int32 scalar: number of schedule evaluations so far.
+
+
+def scale_by_learning_rate(
+    learning_rate: optax.ScalarOrSchedule,
+    *,
+    flip_sign: bool = True,
+) -> optax.GradientTransformationExtraArgs:
+  r"""Multiplies updates by the learning rate, and by -1 for descent (``flip_sign=True``).
+
+  .. math:: u \leftarrow -\eta_t\, u
+
+  Args:
+    learning_rate: a non-negative float, or a schedule ``count -> learning rate`` evaluated at
+      the number of previous calls.
+    flip_sign: negate the update, so that `optax.apply_updates` descends.
+
+  Returns:
+    An `optax.GradientTransformationExtraArgs`; its state holds a step count only for a schedule.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import adafactor_jax
+    >>> tx = adafactor_jax.scale_by_learning_rate(0.1)
+    >>> updates, _ = tx.update({"w": jnp.ones(2)}, tx.init(None))
+    >>> print(updates["w"])
+    [-0.1 -0.1]
+
+  References:
+    As ``optax.scale_by_learning_rate``.
+  """
+  validation.check_scalar_or_schedule("learning_rate", learning_rate, low=0.0)
+  sign = -1.0 if flip_sign else 1.0
+
+  if callable(learning_rate):
+    def init_fn(params):
+      del params
+      return ScaleByScheduleState(count=jnp.zeros([], jnp.int32))
+
+    def update_fn(updates, state, params=None, **extra_args):
+      del params, extra_args
+      lr = sign * jnp.asarray(learning_rate(state.count))
+      updates = jax.tree.map(lambda u: (lr.astype(u.dtype) * u), updates)
+      return updates, ScaleByScheduleState(count=optax.safe_increment(state.count))
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+  def update_fn_const(updates, state, params=None, **extra_args):
+    del params, extra_args
+    lr = sign * jnp.asarray(learning_rate)
+    return jax.tree.map(lambda u: lr.astype(u.dtype) * u, updates), state
+
+  return optax.GradientTransformationExtraArgs(optax.init_empty_state, update_fn_const)
+
+
+class ScaleByMomentumState(NamedTuple):
+  mu: Any  # per leaf: EMA of the updates, the leaf's shape, in `accumulator_dtype`.
+
+
+def scale_by_momentum(
+    decay: ArrayLike = 0.9,
+    *,
+    accumulator_dtype: Optional[DTypeLike] = jnp.float32,
+) -> optax.GradientTransformationExtraArgs:
+  r"""Replaces updates by an exponential moving average of them (no debiasing).
+
+  .. math:: m_t = \beta m_{t-1} + (1 - \beta) u_t, \qquad u \leftarrow m_t
+
+  This is Adafactor's optional momentum (optax's ``ema(debias=False)``, t5x's ``beta1``,
+  transformers' ``beta1``, big_vision's momentum); where it sits in the chain decides whether it
+  averages raw or learning-rate-scaled updates.
+
+  Args:
+    decay: :math:`\beta`, in [0, 1).
+    accumulator_dtype: dtype of the stored average (``None``: the update's dtype). The update
+      returned is computed before rounding to this dtype, as optax.
+
+  Returns:
+    An `optax.GradientTransformationExtraArgs` with state `ScaleByMomentumState`.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import adafactor_jax
+    >>> tx = adafactor_jax.scale_by_momentum(0.9)
+    >>> state = tx.init({"w": jnp.zeros(2)})
+    >>> updates, state = tx.update({"w": jnp.ones(2)}, state)
+    >>> print(updates["w"])
+    [0.1 0.1]
+
+  References:
+    Zhai et al., `Scaling Vision Transformers <https://arxiv.org/abs/2106.04560>`_, 2021.
+  """
+  validation.check_number("momentum", decay, low=0.0, high=1.0, high_inclusive=False)
+
+  def init_fn(params):
+    return ScaleByMomentumState(mu=jax.tree.map(
+        lambda p: jnp.zeros(p.shape, accumulator_dtype or p.dtype), params))
+
+  def update_fn(updates, state, params=None, **extra_args):
+    del params, extra_args
+    treedef = tree_lib.check_same_tree("scale_by_momentum", state.mu, updates)
+    new, out = [], []
+    for u, m in zip(jax.tree.leaves(updates), treedef.flatten_up_to(state.mu)):
+      mu = (1.0 - decay) * u + decay * m
+      out.append(mu.astype(u.dtype))
+      new.append(mu.astype(m.dtype))
+    return treedef.unflatten(out), ScaleByMomentumState(mu=treedef.unflatten(new))
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+class AddDecayedWeightsState(NamedTuple):
+  count: Any  # int32 scalar when weight_decay is a schedule, else None.
+
+
+def resolve_mask(mask: MaskOrFn, params: Any, treedef: Any, transform: str) -> list[Any]:
+  """The mask's leaves, one per leaf of `treedef` (True everywhere when `mask` is None)."""
+  if mask is None:
+    return [True] * treedef.num_leaves
+  m = mask(params) if callable(mask) else mask
+  tree_lib.check_same_tree(transform, m, treedef.unflatten([0] * treedef.num_leaves),
+                           expected_name="the mask", got_name="the params")
+  return treedef.flatten_up_to(m)
+
+
+def add_decayed_weights(
+    weight_decay: optax.ScalarOrSchedule = 0.0,
+    mask: MaskOrFn = None,
+) -> optax.GradientTransformationExtraArgs:
+  r"""Adds ``weight_decay * params`` to the updates (before the final sign flip).
+
+  .. math:: u \leftarrow u + \lambda_t\, p
+
+  Args:
+    weight_decay: a non-negative float, or a schedule ``count -> rate``.
+    mask: a pytree of bools with the params' structure (True: decay this leaf), or a callable
+      ``params -> such a tree`` (for example `mask_by_path`); None decays every leaf.
+
+  Returns:
+    An `optax.GradientTransformationExtraArgs` with state `AddDecayedWeightsState`.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import adafactor_jax
+    >>> params = {"w": jnp.ones(2), "b": jnp.ones(2)}
+    >>> tx = adafactor_jax.add_decayed_weights(0.1, adafactor_jax.mask_by_path(exclude=["b$"]))
+    >>> updates, _ = tx.update({"w": jnp.zeros(2), "b": jnp.zeros(2)}, tx.init(params), params)
+    >>> print(updates["w"], updates["b"])
+    [0.1 0.1] [0. 0.]
+
+  References:
+    Loshchilov & Hutter, `Decoupled Weight Decay Regularization
+    <https://arxiv.org/abs/1711.05101>`_, 2019.
+
+  Notes:
+    As in optax, the decay is not multiplied by the learning rate when this block sits after
+    `scale_by_learning_rate` (optax's and t5x's Adafactor place it there).
+  """
+  validation.check_scalar_or_schedule("weight_decay", weight_decay, low=0.0)
+  if mask is not None and not callable(mask):
+    bad = [x for x in jax.tree.leaves(mask) if not isinstance(x, (bool, np.bool_, jax.Array,
+                                                                  np.ndarray))]
+    if bad:
+      raise ValueError(f"mask must be a pytree of bools or a callable, got a leaf {bad[0]!r}.")
+  name = "add_decayed_weights"
+  scheduled = callable(weight_decay)
+
+  def init_fn(params):
+    del params
+    return AddDecayedWeightsState(count=jnp.zeros([], jnp.int32) if scheduled else None)
+
+  def update_fn(updates, state, params=None, **extra_args):
+    del extra_args
+    tree_lib.require_params(name, params, "weight decay adds a multiple of the params")
+    treedef = tree_lib.check_same_tree(name, params, updates, expected_name="the params")
+    wd = weight_decay(state.count) if scheduled else weight_decay
+    out = []
+    for u, p, m in zip(jax.tree.leaves(updates), treedef.flatten_up_to(params),
+                       resolve_mask(mask, params, treedef, name)):
+      if isinstance(m, (bool, np.bool_)):
+        out.append((u + wd * p).astype(u.dtype) if m else u)
+      else:
+        out.append(jnp.where(m, u + wd * p, u).astype(u.dtype))
+    count = optax.safe_increment(state.count) if scheduled else None
+    return treedef.unflatten(out), AddDecayedWeightsState(count=count)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def mask_by_path(
+    include: Optional[Union[str, Sequence[str]]] = None,
+    exclude: Optional[Union[str, Sequence[str]]] = None,
+) -> Callable[[Any], Any]:
+  """Makes a mask function from regular expressions on each leaf's key path joined with '/'.
+
+  A leaf is True when its path matches (``re.search``) any `include` pattern (every leaf when
+  `include` is None) and no `exclude` pattern.
+
+  Args:
+    include: a pattern or list of patterns selecting leaves.
+    exclude: a pattern or list of patterns removing leaves (Keras's
+      ``exclude_from_weight_decay(var_names=...)``).
+
+  Returns:
+    A callable ``params -> pytree of bools`` for `add_decayed_weights` or ``optax.masked``.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import adafactor_jax
+    >>> params = {"dense": {"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2)}, "ln": {"scale": 1.0}}
+    >>> adafactor_jax.mask_by_path(include=["kernel"])(params)
+    {'dense': {'bias': False, 'kernel': True}, 'ln': {'scale': False}}
+    >>> adafactor_jax.mask_by_path(exclude=["bias", "ln/"])(params)
+    {'dense': {'bias': False, 'kernel': True}, 'ln': {'scale': False}}
+  """
+  def compile_all(arg: str, patterns: Any) -> Optional[list[re.Pattern]]:
+    if patterns is None:
+      return None
+    if isinstance(patterns, str):
+      patterns = [patterns]
+    out = []
+    for pat in patterns:
+      if not isinstance(pat, str):
+        raise ValueError(f"mask_by_path: {arg} must hold regular-expression strings, got {pat!r}.")
+      try:
+        out.append(re.compile(pat))
+      except re.error as e:
+        raise ValueError(f"mask_by_path: {arg} pattern {pat!r} is invalid: {e}") from e
+    return out
+
+  inc, exc = compile_all("include", include), compile_all("exclude", exclude)
+
+  def mask_fn(params):
+    def leaf(path, _):
+      s = tree_lib.path_str(path)
+      keep = inc is None or any(p.search(s) for p in inc)
+      return bool(keep and not (exc and any(p.search(s) for p in exc)))
+    return tree_util.tree_map_with_path(leaf, params)
+
+  return mask_fn

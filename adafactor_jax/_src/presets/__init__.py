@@ -1,0 +1,1 @@
+"""Presets: each translates one library's arguments into the same building blocks."""

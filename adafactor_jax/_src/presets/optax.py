@@ -1,0 +1,195 @@
+"""`adafactor` and `adadelta` with optax's signatures and defaults (a superset)."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import jax.numpy as jnp
+import optax
+from jax.typing import ArrayLike, DTypeLike
+
+from adafactor_jax._src import blocks
+from adafactor_jax._src import factoring
+from adafactor_jax._src import validation
+from adafactor_jax._src.adadelta import scale_by_adadelta
+from adafactor_jax._src.factored import scale_by_factored_rms
+
+
+def adafactor(
+    learning_rate: Optional[optax.ScalarOrSchedule] = None,
+    min_dim_size_to_factor: int = 128,
+    decay_rate: ArrayLike = 0.8,
+    decay_offset: int = 0,
+    multiply_by_parameter_scale: bool = True,
+    clipping_threshold: Optional[ArrayLike] = 1.0,
+    momentum: Optional[ArrayLike] = None,
+    dtype_momentum: DTypeLike = jnp.float32,
+    weight_decay_rate: Optional[optax.ScalarOrSchedule] = None,
+    eps: ArrayLike = 1e-30,
+    factored: bool = True,
+    weight_decay_mask: blocks.MaskOrFn = None,
+    *,
+    factor_rule: factoring.FactorRule = "largest",
+    stats_dtype: Optional[DTypeLike] = jnp.float32,
+) -> optax.GradientTransformationExtraArgs:
+  r"""The Adafactor optimizer, with optax's signature and defaults (a superset).
+
+  The update travels grads -> factored statistics -> update clipping -> learning rate ->
+  parameter scale -> momentum -> weight decay -> sign:
+
+  .. math::
+
+     u_t &= G_t / \sqrt{\hat V_t} \quad\text{(see scale\_by\_factored\_rms)} \\
+     \hat u_t &= u_t / \max(1, \mathrm{RMS}(u_t)/d) \\
+     s_t &= \eta_t\, \max(\mathrm{RMS}(p_{t-1}), 10^{-3})\, \hat u_t \\
+     m_t &= \beta_1 m_{t-1} + (1-\beta_1) s_t \quad\text{(if momentum)} \\
+     p_t &= p_{t-1} - (m_t \text{ or } s_t) - \lambda_t\, p_{t-1} \quad\text{(if weight decay)}
+
+  Args:
+    learning_rate: a float or schedule; ``None`` applies no learning-rate scaling at all (as
+      optax: the step is then about ``RMS(p)`` -- pass a schedule such as
+      ``lambda t: jnp.minimum(1e-2, jax.lax.rsqrt(t + 1.0))`` for the paper's relative step).
+    min_dim_size_to_factor: only factor a leaf whose factored dims are all this large.
+    decay_rate: exponent of the second-moment decay schedule ``1 - t**-decay_rate`` (> 0).
+    decay_offset: subtracted from the step count in that schedule (fine-tuning).
+    multiply_by_parameter_scale: scale the step by ``max(RMS(p), 1e-3)``.
+    clipping_threshold: update clipping threshold (> 0), or None for no clipping.
+    momentum: EMA coefficient of the (lr- and scale-multiplied) updates in [0, 1), or None.
+    dtype_momentum: dtype of the momentum buffer.
+    weight_decay_rate: decoupled weight decay (not multiplied by the learning rate), or None.
+    eps: added to the squared gradients (>= 0).
+    factored: whether to factor the second moments at all.
+    weight_decay_mask: pytree of bools or callable ``params -> bools`` (e.g. `mask_by_path`).
+    factor_rule: which dims are factored: ``"largest"`` (optax), ``"last"`` (Keras, PyTorch),
+      or explicit per key-path rules with row/col/batch dims (t5x); batch dims also get their
+      own clipping and parameter-scale RMS.
+    stats_dtype: dtype of the second-moment statistics (float32); None keeps the param dtype.
+
+  Returns:
+    An `optax.GradientTransformationExtraArgs` (an ``optax.chain`` of the building blocks).
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, optax
+    >>> import adafactor_jax
+    >>> f = lambda x: jnp.sum(x ** 2)
+    >>> params = jnp.array([1.0, 2.0, 3.0])
+    >>> solver = adafactor_jax.adafactor(learning_rate=0.003)
+    >>> opt_state = solver.init(params)
+    >>> for _ in range(5):
+    ...   updates, opt_state = solver.update(jax.grad(f)(params), opt_state, params)
+    ...   params = optax.apply_updates(params, updates)
+    ...   print(f"{f(params):.6f}")
+    13.922358
+    13.845288
+    13.768781
+    13.692831
+    13.617428
+
+  References:
+    Shazeer & Stern, `Adafactor: Adaptive Learning Rates with Sublinear Memory Cost
+    <https://arxiv.org/abs/1804.04235>`_, 2018.
+
+  Notes:
+    Equal to ``optax.adafactor`` for float32 params with the same arguments. Differences: the
+    state holds only what each leaf needs (no ``(1,)`` placeholders); statistics are float32
+    whatever the param dtype (``stats_dtype=None`` for optax's behaviour); ``decay_offset``
+    larger than the step count gives finite updates; ``factor_rule``. As in optax (and unlike the
+    paper) ``learning_rate=None`` means no relative step size, momentum averages lr-scaled
+    steps, and weight decay is not multiplied by the learning rate.
+  """
+  validation.check_int("min_dim_size_to_factor", min_dim_size_to_factor, low=0)
+  if learning_rate is not None:
+    validation.check_scalar_or_schedule("learning_rate", learning_rate, low=0.0)
+  validation.check_number("decay_rate", decay_rate, low=0.0, low_inclusive=False)
+  validation.check_number("decay_offset", decay_offset)
+  if clipping_threshold is not None:
+    validation.check_number("clipping_threshold", clipping_threshold, low=0.0,
+                            low_inclusive=False)
+  if momentum is not None:
+    validation.check_number("momentum", momentum, low=0.0, high=1.0, high_inclusive=False)
+  if weight_decay_rate is not None:
+    validation.check_scalar_or_schedule("weight_decay_rate", weight_decay_rate, low=0.0)
+  validation.check_number("eps", eps, low=0.0)
+  rules = factoring.as_rules(factor_rule, factored=bool(factored),
+                             min_dim_size_to_factor=min_dim_size_to_factor)
+  block_rule = rules if rules.patterns else None
+  tx: list[Any] = [scale_by_factored_rms(
+      factored, decay_rate, decay_offset, min_dim_size_to_factor, eps,
+      factor_rule=rules, stats_dtype=stats_dtype)]
+  if clipping_threshold is not None:
+    tx.append(blocks.clip_by_block_rms(clipping_threshold, factor_rule=block_rule))
+  if learning_rate is not None:
+    tx.append(blocks.scale_by_learning_rate(learning_rate, flip_sign=False))
+  if multiply_by_parameter_scale:
+    tx.append(blocks.scale_by_param_block_rms(factor_rule=block_rule))
+  if momentum is not None:
+    tx.append(blocks.scale_by_momentum(momentum, accumulator_dtype=dtype_momentum))
+  if weight_decay_rate is not None:
+    tx.append(blocks.add_decayed_weights(weight_decay_rate, weight_decay_mask))
+  tx.append(blocks.scale_by_learning_rate(1.0))  # descent: flip the sign
+  return optax.chain(*tx)
+
+
+def adadelta(
+    learning_rate: Optional[optax.ScalarOrSchedule] = None,
+    rho: ArrayLike = 0.9,
+    eps: ArrayLike = 1e-6,
+    weight_decay: ArrayLike = 0.0,
+    weight_decay_mask: blocks.MaskOrFn = None,
+    *,
+    stats_dtype: Optional[DTypeLike] = jnp.float32,
+) -> optax.GradientTransformationExtraArgs:
+  r"""The Adadelta optimizer, with optax's signature and defaults.
+
+  .. math::
+
+     g &\leftarrow g + \lambda p \quad\text{(coupled L2, as optax)} \\
+     \Delta_t &= \sqrt{E[\Delta^2]_{t-1}+\epsilon}/\sqrt{E[g^2]_t+\epsilon}\; g_t, \qquad
+     p_t = p_{t-1} - \eta_t \Delta_t
+
+  Args:
+    learning_rate: a float or schedule; ``None`` means a unit step (descending).
+    rho: decay of the averages, in [0, 1].
+    eps: added inside the square roots (>= 0).
+    weight_decay: L2 coefficient added to the gradient before preconditioning (>= 0).
+    weight_decay_mask: pytree of bools or callable ``params -> bools``.
+    stats_dtype: dtype of the averages (float32); None keeps the param dtype.
+
+  Returns:
+    An `optax.GradientTransformationExtraArgs`.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, optax
+    >>> import adafactor_jax
+    >>> f = lambda x: jnp.sum(x ** 2)
+    >>> params = jnp.array([1.0, 2.0, 3.0])
+    >>> solver = adafactor_jax.adadelta(learning_rate=10.0)
+    >>> opt_state = solver.init(params)
+    >>> for _ in range(5):
+    ...   updates, opt_state = solver.update(jax.grad(f)(params), opt_state, params)
+    ...   params = optax.apply_updates(params, updates)
+    ...   print(f"{f(params):.5f}")
+    13.62353
+    13.24635
+    12.87284
+    12.50508
+    12.14423
+
+  References:
+    Zeiler, `ADADELTA: An Adaptive Learning Rate Method <https://arxiv.org/abs/1212.5701>`_, 2012.
+
+  Notes:
+    ``optax.adadelta(learning_rate=None)`` never flips the sign and so *ascends* (on
+    ``sum(x**2)`` from [1, 2, 3] it goes from 14.0 up to 16.44 in 50 steps); here None is a unit
+    learning rate and descends. Equal to optax for every non-None learning rate.
+  """
+  if learning_rate is not None:
+    validation.check_scalar_or_schedule("learning_rate", learning_rate, low=0.0)
+  validation.check_number("weight_decay", weight_decay, low=0.0)
+  tx: list[Any] = []
+  if weight_decay_mask is not None or not (
+      isinstance(weight_decay, (int, float)) and weight_decay == 0):
+    tx.append(blocks.add_decayed_weights(weight_decay, weight_decay_mask))
+  tx.append(scale_by_adadelta(rho, eps, stats_dtype=stats_dtype))
+  tx.append(blocks.scale_by_learning_rate(1.0 if learning_rate is None else learning_rate))
+  return optax.chain(*tx)
