@@ -1,0 +1,71 @@
+"""Shared test helpers: mixed parameter trees, random gradients, trajectories."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+
+def mixed_tree(seed: int = 0, dtype=jnp.float32, big: bool = True) -> dict:
+  """Scalars, 1-D, 2-D below and above the factoring threshold (square and not), 3-D, 4-D."""
+  rng = np.random.default_rng(seed)
+  shapes = {
+      "scalar": (),
+      "bias": (7,),
+      "small": (5, 3),
+      "square_small": (6, 6),
+      "kernel": (130, 140) if big else (20, 24),
+      "square": (128, 128) if big else (16, 16),
+      "t3": (4, 3, 2),
+      "t4": (2, 130, 3, 129) if big else (2, 17, 3, 16),
+      "nested": {"a": (3, 129) if big else (3, 17), "b": [(2,), (129, 2) if big else (17, 2)]},
+  }
+  return jax.tree.map(lambda s: jnp.asarray(rng.normal(size=s), dtype), shapes,
+                      is_leaf=lambda x: isinstance(x, tuple))
+
+
+def random_grads(params, rng: np.random.Generator, scale: float = 1.0):
+  return jax.tree.map(lambda p: jnp.asarray(scale * rng.normal(size=p.shape), p.dtype), params)
+
+
+def trajectory(tx: optax.GradientTransformation, params, steps: int, seed: int = 1,
+               grad_fn=None):
+  """Params after each of `steps` jitted steps on random (or `grad_fn`) gradients."""
+  rng = np.random.default_rng(seed)
+  state = tx.init(params)
+
+  @jax.jit
+  def step(params, state, grads):
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  out = []
+  for _ in range(steps):
+    grads = grad_fn(params) if grad_fn is not None else random_grads(params, rng)
+    params, state = step(params, state, grads)
+    out.append(params)
+  return out, state
+
+
+def max_rel_diff(a, b) -> float:
+  """max over leaves of max|a-b| / max|b| (a scale-aware relative difference)."""
+  vals = jax.tree.leaves(jax.tree.map(
+      lambda x, y: float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64)))
+                         / max(float(np.max(np.abs(np.asarray(y, np.float64)))), 1e-30))
+      if np.size(y) else 0.0, a, b))
+  return max(vals) if vals else 0.0
+
+
+def assert_trees_close(a, b, rtol: float, atol: float, msg: str = "") -> None:
+  """assert_allclose per leaf; `atol` is scaled by max(1, max|b|) of that leaf (f32 ulps grow
+  with the magnitude of the leaf, and elements crossing zero have no meaningful relative error)."""
+  ka = jax.tree_util.tree_flatten_with_path(a)[0]
+  kb = jax.tree_util.tree_flatten_with_path(b)[0]
+  assert [p for p, _ in ka] == [p for p, _ in kb], msg
+  for (path, x), (_, y) in zip(ka, kb):
+    y64 = np.asarray(y, np.float64)
+    scale = max(1.0, float(np.max(np.abs(y64)))) if y64.size else 1.0
+    np.testing.assert_allclose(np.asarray(x, np.float64), y64, rtol=rtol,
+                               atol=atol * scale, err_msg=f"{msg} at {jax.tree_util.keystr(path)}")
