@@ -11,6 +11,8 @@ from adafactor_jax._src.blocks import mask_by_path
 from adafactor_jax._src.blocks import scale_by_learning_rate
 from adafactor_jax._src.blocks import scale_by_momentum
 from adafactor_jax._src.blocks import scale_by_param_block_rms
+from adafactor_jax._src.config import from_config
+from adafactor_jax._src.config import get_config
 from adafactor_jax._src.factored import ScaleByFactoredRMSState
 from adafactor_jax._src.factored import decay_rate_pow
 from adafactor_jax._src.factored import scale_by_factored_rms
@@ -32,6 +34,8 @@ __all__ = (
     "add_decayed_weights",
     "clip_by_block_rms",
     "decay_rate_pow",
+    "from_config",
+    "get_config",
     "mask_by_path",
     "scale_by_adadelta",
     "scale_by_factored_rms",

@@ -388,4 +388,7 @@ def mask_by_path(
       return bool(keep and not (exc and any(p.search(s) for p in exc)))
     return tree_util.tree_map_with_path(leaf, params)
 
+  # Recorded so that get_config can serialise this mask.
+  mask_fn._mask_by_path = (include if include is None or isinstance(include, str) else list(include),
+                           exclude if exclude is None or isinstance(exclude, str) else list(exclude))
   return mask_fn

@@ -9,12 +9,14 @@ import optax
 from jax.typing import ArrayLike, DTypeLike
 
 from adafactor_jax._src import blocks
+from adafactor_jax._src.config import preset
 from adafactor_jax._src import factoring
 from adafactor_jax._src import validation
 from adafactor_jax._src.adadelta import scale_by_adadelta
 from adafactor_jax._src.factored import scale_by_factored_rms
 
 
+@preset
 def adafactor(
     learning_rate: Optional[optax.ScalarOrSchedule] = None,
     min_dim_size_to_factor: int = 128,
@@ -130,6 +132,7 @@ def adafactor(
   return optax.chain(*tx)
 
 
+@preset
 def adadelta(
     learning_rate: Optional[optax.ScalarOrSchedule] = None,
     rho: ArrayLike = 0.9,
