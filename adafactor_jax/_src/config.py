@@ -35,7 +35,6 @@ class ConfiguredTransformation(optax.GradientTransformationExtraArgs):
 def preset(fn: Callable[..., optax.GradientTransformationExtraArgs]):
   """Registers a preset factory under its function name and records its arguments."""
   sig = inspect.signature(fn)
-  _REGISTRY[fn.__name__] = fn
 
   @functools.wraps(fn)
   def wrapper(*args, **kwargs):
@@ -47,6 +46,7 @@ def preset(fn: Callable[..., optax.GradientTransformationExtraArgs]):
     out.preset_args = dict(bound.arguments)
     return out
 
+  _REGISTRY[fn.__name__] = wrapper
   return wrapper
 
 
