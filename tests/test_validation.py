@@ -1,0 +1,129 @@
+"""Bad input gets a clear ValueError, at construction or at update, naming what is wrong."""
+
+from __future__ import annotations
+
+import math
+
+import jax.numpy as jnp
+import pytest
+
+import adafactor_jax as af
+
+BAD_CONSTRUCTION = [
+    (af.adafactor, dict(learning_rate=-0.1), "learning_rate"),
+    (af.adafactor, dict(learning_rate=math.nan), "learning_rate"),
+    (af.adafactor, dict(learning_rate=math.inf), "learning_rate"),
+    (af.adafactor, dict(decay_rate=0.0), "decay_rate"),
+    (af.adafactor, dict(decay_rate=-0.8), "decay_rate"),
+    (af.adafactor, dict(clipping_threshold=0.0), "clipping_threshold"),
+    (af.adafactor, dict(clipping_threshold=-1.0), "clipping_threshold"),
+    (af.adafactor, dict(min_dim_size_to_factor=-1), "min_dim_size_to_factor"),
+    (af.adafactor, dict(min_dim_size_to_factor=2.5), "min_dim_size_to_factor"),
+    (af.adafactor, dict(momentum=1.0), "momentum"),
+    (af.adafactor, dict(momentum=-0.1), "momentum"),
+    (af.adafactor, dict(eps=-1e-30), "eps"),
+    (af.adafactor, dict(weight_decay_rate=-1e-3), "weight_decay_rate"),
+    (af.adafactor, dict(factor_rule="biggest"), "factor_rule"),
+    (af.adafactor, dict(factor_rule={"w": ("row", "column")}), "factor_rule"),
+    (af.adafactor, dict(factor_rule={"(": ("row", "col")}), "factor_rule"),
+    (af.adafactor, dict(stats_dtype=jnp.int32), "stats_dtype"),
+    (af.adadelta, dict(learning_rate=-1.0), "learning_rate"),
+    (af.adadelta, dict(rho=1.5), "rho"),
+    (af.adadelta, dict(rho=-0.1), "rho"),
+    (af.adadelta, dict(eps=-1.0), "eps"),
+    (af.adadelta, dict(weight_decay=-1.0), "weight_decay"),
+    (af.scale_by_factored_rms, dict(decay_rate=-0.5), "decay_rate"),
+    (af.scale_by_factored_rms, dict(epsilon=-1.0), "epsilon"),
+    (af.scale_by_factored_rms, dict(decay_rate_fn=3), "decay_rate_fn"),
+    (af.clip_by_block_rms, dict(threshold=0.0), "threshold"),
+    (af.scale_by_param_block_rms, dict(min_scale=-1.0), "min_scale"),
+    (af.scale_by_param_block_rms, dict(max_scale=0.0), "max_scale"),
+    (af.scale_by_learning_rate, dict(learning_rate=-1.0), "learning_rate"),
+    (af.scale_by_momentum, dict(decay=1.0), "momentum"),
+    (af.add_decayed_weights, dict(weight_decay=-1.0), "weight_decay"),
+    (af.add_decayed_weights, dict(weight_decay=0.1, mask={"w": "yes"}), "mask"),
+    (af.scale_by_adadelta, dict(rho=2.0), "rho"),
+    (af.mask_by_path, dict(include=["("]), "include"),
+    (af.mask_by_path, dict(exclude=[3]), "exclude"),
+]
+
+
+@pytest.mark.parametrize("factory,kwargs,arg", BAD_CONSTRUCTION,
+                         ids=[f"{f.__name__}-{a}-{i}" for i, (f, _, a) in
+                              enumerate(BAD_CONSTRUCTION)])
+def test_bad_hyperparameter_raises_at_construction(factory, kwargs, arg):
+  with pytest.raises(ValueError) as err:
+    factory(**kwargs)
+  msg = str(err.value)
+  assert arg in msg, msg
+  value = next(iter(kwargs.values()))
+  if isinstance(value, float) and arg != "mask":
+    assert repr(value) in msg or "out of range" in msg, msg
+
+
+def test_range_named_in_message():
+  with pytest.raises(ValueError, match=r"momentum=1\.0 .* \[0\.0, 1\.0\)"):
+    af.adafactor(momentum=1.0)
+  with pytest.raises(ValueError, match=r"rho=1\.5 .* \[0\.0, 1\.0\]"):
+    af.adadelta(rho=1.5)
+  with pytest.raises(ValueError, match=r"decay_rate=0\.0 .* \(0\.0, inf\)"):
+    af.adafactor(decay_rate=0.0)
+
+
+def test_factor_rule_rank_mismatch_names_the_leaf():
+  tx = af.adafactor(factor_rule={"enc/w": ("row", "col")})
+  with pytest.raises(ValueError, match=r"'enc/w'.*rank 3"):
+    tx.init({"enc": {"w": jnp.zeros((2, 3, 4))}})
+
+
+@pytest.mark.parametrize("factory", [af.adafactor, af.adadelta])
+def test_mismatched_tree_names_first_differing_path(factory):
+  tx = factory(0.1)
+  params = {"enc": {"w": jnp.ones((3, 4)), "b": jnp.ones(4)}, "dec": jnp.ones(2)}
+  state = tx.init(params)
+  grads = {"enc": {"w": jnp.ones((3, 4)), "bias": jnp.ones(4)}, "dec": jnp.ones(2)}
+  with pytest.raises(ValueError, match=r"enc/bias.*enc/b|enc/b.*enc/bias"):
+    tx.update(grads, state, grads)
+
+
+def test_mismatched_shape_names_the_leaf():
+  tx = af.adafactor(0.1, min_dim_size_to_factor=2)
+  state = tx.init({"w": jnp.ones((3, 4))})
+  with pytest.raises(ValueError, match=r"'w'.*\(5, 4\)"):
+    tx.update({"w": jnp.ones((5, 4))}, state, {"w": jnp.ones((5, 4))})
+
+
+@pytest.mark.parametrize("kwargs,transform", [
+    (dict(learning_rate=0.1), "scale_by_param_block_rms"),
+    (dict(learning_rate=0.1, multiply_by_parameter_scale=False, weight_decay_rate=0.1),
+     "add_decayed_weights"),
+])
+def test_params_none_names_the_transform(kwargs, transform):
+  tx = af.adafactor(**kwargs)
+  params = {"w": jnp.ones((3, 4))}
+  with pytest.raises(ValueError, match=transform):
+    tx.update(params, tx.init(params), None)
+
+
+def test_params_not_needed_without_scale_or_decay():
+  tx = af.adafactor(0.1, multiply_by_parameter_scale=False)
+  params = {"w": jnp.ones((3, 4))}
+  updates, _ = tx.update(params, tx.init(params), None)
+  assert updates["w"].shape == (3, 4)
+
+
+def test_weight_decay_mask_tree_mismatch_names_path():
+  tx = af.adafactor(0.1, weight_decay_rate=0.1, weight_decay_mask={"w": True, "c": False})
+  params = {"w": jnp.ones((3, 4)), "b": jnp.ones(4)}
+  with pytest.raises(ValueError, match="'b'.*'c'|'c'.*'b'"):
+    tx.update(params, tx.init(params), params)
+
+
+def test_injected_min_dim_needs_static_args():
+  import optax
+  tx = optax.inject_hyperparams(af.adafactor)(learning_rate=0.1, min_dim_size_to_factor=2)
+  params = {"w": jnp.ones((3, 4))}
+  state = tx.init(params)
+  import jax
+  with pytest.raises(ValueError, match="static_args"):
+    jax.jit(tx.update)(params, state, params)
