@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import pathlib
 import re
+import sys
 
 import jax
 
@@ -14,6 +15,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 def load(name):
   spec = importlib.util.spec_from_file_location(name, ROOT / "examples" / f"{name}.py")
   module = importlib.util.module_from_spec(spec)
+  sys.modules[spec.name] = module  # dataclasses (flax.linen modules) look their module up
   spec.loader.exec_module(module)
   return module
 

@@ -23,7 +23,7 @@ from jax import tree_util
 from jax.sharding import NamedSharding, PartitionSpec
 
 from adafactor_jax._src import tree as tree_lib
-from adafactor_jax._src.factored import ScaleByFactoredRMSState
+from adafactor_jax._src.factored import ScaleByFactoredRMSState, stats_tree
 
 
 def _full_spec(sharding: NamedSharding, ndim: int) -> tuple:
@@ -91,9 +91,9 @@ def state_shardings(tx: Any, params: Any) -> Any:
 
   def factored(node: ScaleByFactoredRMSState) -> ScaleByFactoredRMSState:
     plans = node.plans.plans
-    treedef = jax.tree.structure(node.v, is_leaf=tree_lib.is_none)
-    paths = [tree_lib.path_str(p) for p, _ in
-             tree_util.tree_flatten_with_path(node.v, is_leaf=tree_lib.is_none)[0]]
+    merged = stats_tree(node)
+    treedef = jax.tree.structure(merged)
+    paths = [tree_lib.path_str(p) for p, _ in tree_util.tree_flatten_with_path(merged)[0]]
     rows, cols, vs = [], [], []
     for path, plan, r, v in zip(paths, plans, treedef.flatten_up_to(node.v_row),
                                 treedef.flatten_up_to(node.v)):

@@ -29,6 +29,22 @@ def is_none(x: Any) -> bool:
   return x is None
 
 
+def is_array_like(x: Any) -> bool:
+  """Arrays, `jax.ShapeDtypeStruct`s and array wrappers such as ``flax.nnx.Variable``."""
+  return hasattr(x, "shape") and hasattr(x, "dtype")
+
+
+def flatten_params(params: Any) -> tuple[list[tuple[str, Any]], Any]:
+  """The params' leaves with their '/'-joined key paths, and a tree structure for statistics.
+
+  Array wrappers (``flax.nnx.Variable``, which carries the parameter's sharding metadata) count
+  as leaves, so that statistics whose shape differs from their parameter's are built without
+  the wrapper and do not inherit a sharding annotation of the wrong rank.
+  """
+  leaves, treedef = tree_util.tree_flatten_with_path(params, is_leaf=is_array_like)
+  return [(path_str(p), x) for p, x in leaves], treedef
+
+
 def leaf_paths(tree: Any, is_leaf: Any = None) -> list[str]:
   """The '/'-joined key path of every leaf of `tree`, in flattening order."""
   return [path_str(p) for p, _ in tree_util.tree_flatten_with_path(tree, is_leaf=is_leaf)[0]]
