@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import sys
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import flax.linen as nn
 from flax.training import train_state
 
 import adafactor_jax

@@ -19,6 +19,27 @@ PRESETS = {
         lr, factor_rule={"t3": ("batch", "row", "col")}, min_dim_size_to_factor=0),
     "adadelta": lambda lr: af.adadelta(lr),
     "adadelta_lr_none": lambda lr: af.adadelta(weight_decay=1e-3),
+    "keras_adafactor": lambda lr: af.keras_adafactor(lr),
+    "keras_adafactor_full": lambda lr: af.keras_adafactor(
+        lr, weight_decay=1e-3, clipnorm=1.0, use_ema=True, ema_overwrite_frequency=2,
+        loss_scale_factor=8.0, exclude_from_weight_decay=["b"]),
+    "keras_adadelta": lambda lr: af.keras_adadelta(lr),
+    "keras_adadelta_full": lambda lr: af.keras_adadelta(
+        lr, weight_decay=1e-3, global_clipnorm=1.0, use_ema=True, ema_momentum=0.9),
+    "torch_adafactor": lambda lr: af.torch_adafactor(lr),
+    "torch_adafactor_full": lambda lr: af.torch_adafactor(
+        lr, beta2_decay=-0.6, eps=(1e-3, 1e-2), d=1.5, weight_decay=0.1, maximize=True),
+    "hf_adafactor": lambda lr: af.hf_adafactor(),
+    "hf_adafactor_full": lambda lr: af.hf_adafactor(
+        lr, relative_step=False, beta1=0.9, weight_decay=1e-2, clip_threshold=0.5),
+    "big_vision_adafactor": lambda lr: af.big_vision_adafactor(lr),
+    "big_vision_adafactor_full": lambda lr: af.big_vision_adafactor(
+        lr, min_dim_size_to_factor=8, clipping_threshold=1.0, weight_decay=1e-3,
+        weight_decay_mask=af.mask_by_path(include="w")),
+    "adafactor_t5x": lambda lr: af.adafactor(
+        lr, factor_rule={"t3": ("batch", "row", "col")}, min_dim_size_to_factor=8,
+        multiply_by_parameter_scale={"^b$": False, ".*": True}, max_parameter_scale=1.0,
+        global_norm_clip_threshold=1.0, weight_decay_rate=0.5, weight_decay_rate_lr_exponent=1.0),
 }
 
 # Presets whose learning rate can be injected with optax.inject_hyperparams (name of the
@@ -27,4 +48,8 @@ INJECTABLE = {
     "adafactor": (af.adafactor, dict(learning_rate=0.01, decay_rate=0.8),
                   dict(min_dim_size_to_factor=8)),
     "adadelta": (af.adadelta, dict(learning_rate=0.5, rho=0.9), {}),
+    # f32 momentum: a bf16 buffer turns the last-ulp differences between an injected and a
+    # constant learning rate into bf16 roundings.
+    "big_vision_adafactor": (af.big_vision_adafactor, dict(learning_rate=0.01, beta2_cap=0.999),
+                             dict(min_dim_size_to_factor=8, dtype_momentum=jnp.float32)),
 }

@@ -73,7 +73,8 @@ def spec_of(s, ndim):
 
 
 def main():
-  mesh = jax.make_mesh((2, 4), ("data", "model"))
+  mesh = jax.make_mesh((2, 4), ("data", "model"),
+                       axis_types=(jax.sharding.AxisType.Auto,) * 2)
   params = make_params()
   sizes = {int(np.prod(s)) for s in SHAPES.values() if len(s) >= 1 and np.prod(s) > 8}
   results = {"presets": {}, "failures": []}

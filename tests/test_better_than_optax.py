@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers import assert_trees_close, mixed_tree
+from helpers import assert_trees_close
+from helpers import mixed_tree
 
 import adafactor_jax as af
 

@@ -8,7 +8,8 @@ import numpy as np
 import optax
 import pytest
 from helpers import assert_trees_close
-from presets import INJECTABLE, PRESETS
+from presets import INJECTABLE
+from presets import PRESETS
 
 NAMES = sorted(PRESETS)
 

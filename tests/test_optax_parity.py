@@ -7,7 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers import assert_trees_close, max_rel_diff, mixed_tree, trajectory
+from helpers import assert_trees_close
+from helpers import max_rel_diff
+from helpers import mixed_tree
+from helpers import trajectory
 
 import adafactor_jax as af
 

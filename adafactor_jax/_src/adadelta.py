@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Optional
+from typing import Any
+from typing import NamedTuple
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
 import optax
-from jax.typing import ArrayLike, DTypeLike
+from jax.typing import ArrayLike
+from jax.typing import DTypeLike
 
 from adafactor_jax._src import tree as tree_lib
 from adafactor_jax._src import validation
-from adafactor_jax._src.factored import abs_sq, stats_dtype_for
+from adafactor_jax._src.factored import abs_sq
+from adafactor_jax._src.factored import as_dtype
+from adafactor_jax._src.factored import stats_dtype_for
 
 
 class ScaleByAdadeltaState(NamedTuple):
@@ -54,6 +59,7 @@ def scale_by_adadelta(
   """
   validation.check_number("rho", rho, low=0.0, high=1.0)
   validation.check_number("eps", eps, low=0.0)
+  stats_dtype = as_dtype(stats_dtype)
   name = "scale_by_adadelta"
 
   def init_fn(params):

@@ -5,18 +5,25 @@ momentum, weight decay and its masks. None of them flips the sign except
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, NamedTuple, Optional, Sequence, Union
+from typing import Any
+from typing import Callable
+from typing import NamedTuple
+from typing import Optional
+from typing import Sequence
+from typing import Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from jax import tree_util
-from jax.typing import ArrayLike, DTypeLike
+from jax.typing import ArrayLike
+from jax.typing import DTypeLike
 
 from adafactor_jax._src import factoring
 from adafactor_jax._src import tree as tree_lib
 from adafactor_jax._src import validation
+from adafactor_jax._src.factored import as_dtype
 
 MaskOrFn = Union[Any, Callable[[optax.Params], Any], None]
 
@@ -64,8 +71,8 @@ def clip_by_block_rms(
     >>> import adafactor_jax
     >>> tx = adafactor_jax.clip_by_block_rms(1.0)
     >>> updates, _ = tx.update({"w": jnp.array([3.0, 4.0])}, tx.init(None))
-    >>> print(updates["w"])  # RMS was sqrt(12.5)
-    [0.8485281 1.1313709]
+    >>> print([f"{x:.4f}" for x in updates["w"]])  # the RMS was sqrt(12.5)
+    ['0.8485', '1.1314']
 
   References:
     Shazeer & Stern, `Adafactor <https://arxiv.org/abs/1804.04235>`_, 2018, section 6.
@@ -95,6 +102,7 @@ def scale_by_param_block_rms(
     *,
     max_scale: Optional[ArrayLike] = None,
     factor_rule: Optional[factoring.FactorRule] = None,
+    mask: MaskOrFn = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Scales each leaf's update by the root mean square of its parameter.
 
@@ -105,6 +113,9 @@ def scale_by_param_block_rms(
     min_scale: floor of the scale (Adafactor's :math:`\epsilon_2`, >= 0).
     max_scale: optional cap of the scale (t5x's ``max_parameter_scale``).
     factor_rule: optional factoring rule whose ``batch`` dims get one RMS per slice (t5x).
+    mask: optional pytree of bools with the params' structure, or a callable ``params -> such a
+      tree``: leaves where it is False pass through unscaled (t5x's per-path
+      ``multiply_by_parameter_scale``). None scales every leaf.
 
   Returns:
     An `optax.GradientTransformationExtraArgs` with an empty state; ``params`` are required.
@@ -135,13 +146,18 @@ def scale_by_param_block_rms(
     tree_lib.require_params(name, params, "the update is scaled by the RMS of each parameter")
     treedef = tree_lib.check_same_tree(name, params, updates, expected_name="the params")
     out = []
-    for u, p, plan in zip(jax.tree.leaves(updates), treedef.flatten_up_to(params),
-                          _plans(rules, updates)):
+    for u, p, plan, m in zip(jax.tree.leaves(updates), treedef.flatten_up_to(params),
+                             _plans(rules, updates), resolve_mask(mask, params, treedef, name)):
+      if isinstance(m, (bool, np.bool_)) and not m:
+        out.append(u)
+        continue
       dtype = jnp.promote_types(jnp.finfo(p.dtype).dtype if jnp.iscomplexobj(p) else p.dtype,
                                 jnp.float32)
       scale = jnp.maximum(block_rms(p, plan, dtype), min_scale)
       if max_scale is not None:
         scale = jnp.minimum(scale, max_scale)
+      if not isinstance(m, (bool, np.bool_)):
+        scale = jnp.where(m, scale, 1.0)
       out.append((u * scale.astype(u.dtype)).astype(u.dtype))
     return treedef.unflatten(out), state
 
@@ -204,6 +220,60 @@ def scale_by_learning_rate(
   return optax.GradientTransformationExtraArgs(optax.init_empty_state, update_fn_const)
 
 
+def relative_step_size(
+    max_rate: optax.ScalarOrSchedule = 1e-2,
+    *,
+    warmup_rate: Optional[ArrayLike] = None,
+) -> optax.Schedule:
+  r"""Adafactor's relative step size as a schedule, for `scale_by_learning_rate`.
+
+  .. math:: \rho_t = \min(c_t,\; w\,t,\; 1/\sqrt{t}), \qquad t = \text{count} + 1
+
+  where :math:`c_t` is `max_rate` and the :math:`w t` term is present only with `warmup_rate`.
+  The paper's default is ``max_rate=1e-2`` (PyTorch's ``lr`` is this cap); transformers'
+  ``warmup_init=True`` is ``warmup_rate=1e-6``, whose ``min(1e-6 t, 1/sqrt(t))`` never exceeds
+  ``1e-2``, so the cap changes nothing there.
+
+  Args:
+    max_rate: the cap :math:`c` (>= 0): a float, or a schedule ``count -> cap`` (a PyTorch
+      ``lr`` changed by an LR scheduler).
+    warmup_rate: optional linear warm-up slope :math:`w` (> 0).
+
+  Returns:
+    A schedule ``count -> rho`` (float32), with ``count`` the number of previous steps.
+
+  Examples:
+    >>> import adafactor_jax
+    >>> rho = adafactor_jax.relative_step_size(1e-2)
+    >>> print(rho(0), rho(9999), rho(39999))
+    0.01 0.01 0.005
+    >>> warm = adafactor_jax.relative_step_size(warmup_rate=1e-6)
+    >>> print(f"{warm(0):.1e} {warm(99):.1e}")
+    1.0e-06 1.0e-04
+
+  References:
+    Shazeer & Stern, `Adafactor <https://arxiv.org/abs/1804.04235>`_, 2018, section 8
+    (:math:`\rho_t = \min(10^{-2}, 1/\sqrt{t})`).
+
+  Notes:
+    PyTorch and transformers compute the step size in Python double precision; here it is
+    float32 (a relative difference below 1e-7).
+  """
+  validation.check_scalar_or_schedule("max_rate", max_rate, low=0.0)
+  if warmup_rate is not None:
+    validation.check_number("warmup_rate", warmup_rate, low=0.0, low_inclusive=False)
+
+  def schedule(count):
+    t = jnp.asarray(count, jnp.float32) + 1.0
+    cap = max_rate(count) if callable(max_rate) else max_rate
+    rho = jnp.minimum(jnp.asarray(cap, jnp.float32), jax.lax.rsqrt(t))
+    if warmup_rate is not None:
+      rho = jnp.minimum(rho, jnp.asarray(warmup_rate, jnp.float32) * t)
+    return rho
+
+  return schedule
+
+
 class ScaleByMomentumState(NamedTuple):
   mu: Any  # per leaf: EMA of the updates, the leaf's shape, in `accumulator_dtype`.
 
@@ -242,6 +312,7 @@ def scale_by_momentum(
     Zhai et al., `Scaling Vision Transformers <https://arxiv.org/abs/2106.04560>`_, 2021.
   """
   validation.check_number("momentum", decay, low=0.0, high=1.0, high_inclusive=False)
+  accumulator_dtype = as_dtype(accumulator_dtype)
 
   def init_fn(params):
     return ScaleByMomentumState(mu=jax.tree.map(
@@ -277,15 +348,21 @@ def resolve_mask(mask: MaskOrFn, params: Any, treedef: Any, transform: str) -> l
 def add_decayed_weights(
     weight_decay: optax.ScalarOrSchedule = 0.0,
     mask: MaskOrFn = None,
+    *,
+    param_scale_min: Optional[ArrayLike] = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Adds ``weight_decay * params`` to the updates (before the final sign flip).
 
-  .. math:: u \leftarrow u + \lambda_t\, p
+  .. math:: u \leftarrow u + \lambda_t\, p \qquad\text{or, with param\_scale\_min,}\qquad
+     u \leftarrow u + \lambda_t \max(\epsilon_2, \mathrm{RMS}(p))\, p
 
   Args:
     weight_decay: a non-negative float, or a schedule ``count -> rate``.
     mask: a pytree of bools with the params' structure (True: decay this leaf), or a callable
       ``params -> such a tree`` (for example `mask_by_path`); None decays every leaf.
+    param_scale_min: optional :math:`\epsilon_2`: when set, each leaf's rate is also multiplied
+      by ``max(param_scale_min, RMS(p))`` (transformers' Adafactor decays by its parameter-scaled
+      step size ``lr_t``).
 
   Returns:
     An `optax.GradientTransformationExtraArgs` with state `AddDecayedWeightsState`.
@@ -308,6 +385,8 @@ def add_decayed_weights(
     `scale_by_learning_rate` (optax's and t5x's Adafactor place it there).
   """
   validation.check_scalar_or_schedule("weight_decay", weight_decay, low=0.0)
+  if param_scale_min is not None:
+    validation.check_number("param_scale_min", param_scale_min, low=0.0)
   if mask is not None and not callable(mask):
     bad = [x for x in jax.tree.leaves(mask) if not isinstance(x, (bool, np.bool_, jax.Array,
                                                                   np.ndarray))]
@@ -328,10 +407,14 @@ def add_decayed_weights(
     out = []
     for u, p, m in zip(jax.tree.leaves(updates), treedef.flatten_up_to(params),
                        resolve_mask(mask, params, treedef, name)):
+      rate = wd
+      if param_scale_min is not None:
+        rms_dtype = jnp.promote_types(p.dtype, jnp.float32)
+        rate = wd * jnp.maximum(block_rms(p, factoring.UNFACTORED, rms_dtype), param_scale_min)
       if isinstance(m, (bool, np.bool_)):
-        out.append((u + wd * p).astype(u.dtype) if m else u)
+        out.append((u + rate * p).astype(u.dtype) if m else u)
       else:
-        out.append(jnp.where(m, u + wd * p, u).astype(u.dtype))
+        out.append(jnp.where(m, u + rate * p, u).astype(u.dtype))
     count = optax.safe_increment(state.count) if scheduled else None
     return treedef.unflatten(out), AddDecayedWeightsState(count=count)
 
@@ -391,4 +474,33 @@ def mask_by_path(
   # Recorded so that get_config can serialise this mask.
   mask_fn._mask_by_path = (include if include is None or isinstance(include, str) else list(include),
                            exclude if exclude is None or isinstance(exclude, str) else list(exclude))
+  return mask_fn
+
+
+def mask_by_first_match(rules: Any, name: str) -> Callable[[Any], Any]:
+  """A mask function from ``{key-path regex: bool}`` (or pairs): the first matching pattern
+  (``re.search`` on the '/'-joined key path) gives a leaf's value, as t5x's ``HParamMap``; a
+  leaf that matches no pattern is an error naming it."""
+  items = list(rules.items()) if isinstance(rules, dict) or hasattr(rules, "items") else list(rules)
+  compiled = []
+  for item in items:
+    if not (isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], str)
+            and isinstance(item[1], (bool, np.bool_))):
+      raise ValueError(f"{name}: {item!r} is not a (key-path regex, bool) pair; pass e.g. "
+                       "{'layer_norm': False, '.*': True}.")
+    try:
+      compiled.append((re.compile(item[0]), bool(item[1])))
+    except re.error as e:
+      raise ValueError(f"{name}: {item[0]!r} is not a valid regular expression: {e}") from e
+
+  def mask_fn(params):
+    def leaf(path, _):
+      s = tree_lib.path_str(path)
+      for pattern, value in compiled:
+        if pattern.search(s):
+          return value
+      raise ValueError(f"{name}: no pattern matches the parameter {s!r}; add a catch-all such "
+                       "as '.*'.")
+    return tree_util.tree_map_with_path(leaf, params)
+
   return mask_fn

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import functools
 import inspect
-from typing import Any, Callable
+from typing import Any
+from typing import Callable
 
 import jax.numpy as jnp
 import numpy as np
@@ -33,19 +34,35 @@ class ConfiguredTransformation(optax.GradientTransformationExtraArgs):
 
 
 def preset(fn: Callable[..., optax.GradientTransformationExtraArgs]):
-  """Registers a preset factory under its function name and records its arguments."""
+  """Registers a preset factory under its function name and records its arguments.
+
+  Every preset also gets the keyword-only argument ``skip_nonfinite=False``: with True the
+  whole optimizer is wrapped in `skip_nonfinite` (atomic skipping of non-finite steps).
+  """
   sig = inspect.signature(fn)
+  params = list(sig.parameters.values())
+  params.append(inspect.Parameter("skip_nonfinite", inspect.Parameter.KEYWORD_ONLY,
+                                  default=False, annotation="bool"))
+  full_sig = sig.replace(parameters=params)
 
   @functools.wraps(fn)
   def wrapper(*args, **kwargs):
-    bound = sig.bind(*args, **kwargs)
+    bound = full_sig.bind(*args, **kwargs)
     bound.apply_defaults()
+    skip = bound.arguments["skip_nonfinite"]
+    if not isinstance(skip, (bool, np.bool_)):
+      raise ValueError(f"skip_nonfinite must be True or False, got {skip!r}.")
+    kwargs.pop("skip_nonfinite", None)
     tx = fn(*args, **kwargs)
+    if skip:
+      from adafactor_jax._src.reliability import skip_nonfinite
+      tx = skip_nonfinite(tx)
     out = ConfiguredTransformation(tx.init, tx.update)
     out.preset_name = fn.__name__
     out.preset_args = dict(bound.arguments)
     return out
 
+  wrapper.__signature__ = full_sig
   _REGISTRY[fn.__name__] = wrapper
   return wrapper
 

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Optional
+import dataclasses
+from typing import Any
+from typing import Callable
+from typing import NamedTuple
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax import tree_util
-from jax.typing import ArrayLike, DTypeLike
+from jax.typing import ArrayLike
+from jax.typing import DTypeLike
 
 from adafactor_jax._src import factoring
 from adafactor_jax._src import tree as tree_lib
@@ -19,6 +25,18 @@ def decay_rate_pow(step: ArrayLike, decay_rate: ArrayLike = 0.8) -> jax.Array:
   """Adafactor's second-moment decay schedule: ``1 - (step + 1) ** -decay_rate`` in float32."""
   t = jnp.asarray(step + 1, jnp.float32)
   return 1.0 - t ** (-jnp.asarray(decay_rate, jnp.float32))
+
+
+@jax.tree_util.register_static
+@dataclasses.dataclass(frozen=True)
+class FactorPlans:
+  """Each leaf's `factoring.LeafPlan`, in flattening order: static data, no arrays.
+
+  Kept in the state's tree structure (not its leaves) so that `state_shardings` can tell which
+  dims of a parameter each statistic keeps; jit, checkpoints and tree maps never see it.
+  """
+
+  plans: tuple
 
 
 class ScaleByFactoredRMSState(NamedTuple):
@@ -32,6 +50,7 @@ class ScaleByFactoredRMSState(NamedTuple):
   v_row: Any  # per factored leaf: EMA of mean(g**2) over the col dims (shape without col dims).
   v_col: Any  # per factored leaf: EMA of mean(g**2) over the row dims (shape without row dims).
   v: Any  # per unfactored leaf: EMA of g**2, the leaf's shape.
+  plans: Any = None  # FactorPlans: static, no arrays (which dims each statistic keeps).
 
 
 def abs_sq(x: jax.Array, dtype: DTypeLike) -> jax.Array:
@@ -43,23 +62,57 @@ def abs_sq(x: jax.Array, dtype: DTypeLike) -> jax.Array:
   return x * x
 
 
+def as_dtype(dtype: Any) -> Optional[jnp.dtype]:
+  """`dtype` as a NumPy dtype (None stays None).
+
+  ``optax.inject_hyperparams`` treats every callable argument as a schedule, so a dtype default
+  such as ``jnp.float32`` reaches the factory as ``jnp.float32(count)``, an array of that
+  dtype: its dtype is the one meant.
+  """
+  if dtype is None:
+    return None
+  if hasattr(dtype, "dtype") and not isinstance(dtype, (np.dtype, type)):
+    return jnp.dtype(dtype.dtype)
+  return jnp.dtype(dtype)
+
+
 def stats_dtype_for(param_dtype: DTypeLike, stats_dtype: Optional[DTypeLike]) -> jnp.dtype:
   """The dtype of a leaf's statistics: `stats_dtype`, or the param's real dtype when None."""
-  dtype = jnp.dtype(param_dtype if stats_dtype is None else stats_dtype)
+  dtype = as_dtype(param_dtype if stats_dtype is None else stats_dtype)
   return jnp.finfo(dtype).dtype if jnp.issubdtype(dtype, jnp.complexfloating) else dtype
 
 
-def factored_second_moment(g2: jax.Array, v_row: jax.Array, v_col: jax.Array, beta2: jax.Array,
-                           plan: factoring.LeafPlan) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """New row and column statistics, and the rsqrt of the rank-1 estimate (leaf-shaped)."""
+def factored_second_moment(
+    g2: jax.Array, v_row: jax.Array, v_col: jax.Array, beta2: jax.Array,
+    plan: factoring.LeafPlan, floor: Optional[jax.Array] = None,
+) -> tuple[jax.Array, jax.Array, tuple[jax.Array, ...]]:
+  """New row and column statistics, and the factors whose product is the rsqrt of the rank-1
+  estimate (broadcastable to the leaf; multiplied into the gradient in this order, as optax).
+
+  With ``floor`` (PyTorch's clamped epsilon) the mean of the row statistic is clamped to at least
+  ``floor`` and the estimate to at least ``floor**2`` before the rsqrt (a single factor).
+  """
   dtype = v_row.dtype
   new_row = (beta2 * v_row + (1.0 - beta2) * jnp.mean(g2, axis=plan.col_dims)).astype(dtype)
   new_col = (beta2 * v_col + (1.0 - beta2) * jnp.mean(g2, axis=plan.row_dims)).astype(dtype)
   row_mean = jnp.mean(new_row, axis=plan.row_dims_in_row_stat(), keepdims=True)
-  row_factor = (new_row / row_mean) ** -0.5
-  col_factor = new_col ** -0.5
-  inv = jnp.expand_dims(row_factor, plan.col_dims) * jnp.expand_dims(col_factor, plan.row_dims)
-  return new_row, new_col, inv
+  if floor is None:
+    row_factor = (new_row / row_mean) ** -0.5
+    col_factor = new_col ** -0.5
+    return new_row, new_col, (jnp.expand_dims(row_factor, plan.col_dims),
+                              jnp.expand_dims(col_factor, plan.row_dims))
+  v_hat = (jnp.expand_dims(new_row, plan.col_dims) * jnp.expand_dims(new_col, plan.row_dims)
+           / jnp.expand_dims(jnp.maximum(row_mean, floor), plan.col_dims))
+  return new_row, new_col, (jax.lax.rsqrt(jnp.maximum(v_hat, floor * floor)),)
+
+
+def stats_tree(state: ScaleByFactoredRMSState) -> Any:
+  """A tree with the params' structure: each leaf's row statistic, or its second moment.
+
+  (``None`` in the params, as `equinox.filter` leaves, stays ``None``.)
+  """
+  return jax.tree.map(lambda v, r: r if v is None else v, state.v, state.v_row,
+                      is_leaf=tree_lib.is_none)
 
 
 def scale_by_factored_rms(
@@ -72,6 +125,7 @@ def scale_by_factored_rms(
     *,
     factor_rule: factoring.FactorRule = "largest",
     stats_dtype: Optional[DTypeLike] = jnp.float32,
+    epsilon_mode: str = "add",
 ) -> optax.GradientTransformationExtraArgs:
   r"""Scales updates by a factored estimate of the root mean square of past gradients.
 
@@ -88,20 +142,29 @@ def scale_by_factored_rms(
   and for an unfactored leaf :math:`V_t = \hat\beta_{2,t} V_{t-1} + (1-\hat\beta_{2,t})(G^2 +
   \epsilon)`, :math:`U_t = G / \sqrt{V_t}`.
 
+  With ``epsilon_mode="clamp"`` (PyTorch's ``torch.optim.Adafactor``) nothing is added to
+  :math:`G^2`; instead :math:`U_t = G / \sqrt{\max(R_t C_t / \max(\mathrm{mean}_r(R_t),
+  \epsilon), \epsilon^2)}` (unfactored: :math:`G / \sqrt{\max(V_t, \epsilon^2)}`).
+
   Args:
     factored: whether to factor the second moment of leaves of rank >= 2 at all.
-    decay_rate: the exponent of the second-moment decay schedule (> 0).
+    decay_rate: the exponent of the second-moment decay schedule (>= 0; 0 keeps only the
+      latest squared gradient, as PyTorch's ``beta2_decay=0``).
     step_offset: subtracted from the step count before the decay schedule (fine-tuning from a
       restored counter). Steps before the offset behave like the first step.
     min_dim_size_to_factor: a leaf is factored only if both factored dims are at least this
       large (for ``factor_rule="largest"`` or ``"last"``).
-    epsilon: added to the squared gradient (>= 0).
+    epsilon: added to the squared gradient (>= 0); with ``epsilon_mode="clamp"`` the floor
+      :math:`\epsilon` instead, where ``None`` means ``jnp.finfo(dtype).eps`` of each leaf's
+      gradient dtype.
     decay_rate_fn: ``(step, decay_rate) -> beta2``; the default is `decay_rate_pow`. Pass e.g.
       ``lambda t, d: jnp.minimum(0.999, decay_rate_pow(t, d))`` for big_vision's capped beta2.
     factor_rule: which dims are factored: ``"largest"`` (default, as optax), ``"last"`` (as
       Keras/PyTorch/transformers), or explicit per key-path rules (see `factoring`).
     stats_dtype: dtype of the statistics (float32 by default, whatever the parameter dtype);
       ``None`` keeps the parameter's dtype, as optax does.
+    epsilon_mode: ``"add"`` (the paper, optax, t5x, transformers, Keras) or ``"clamp"``
+      (PyTorch): where :math:`\epsilon` enters, see above.
 
   Returns:
     An `optax.GradientTransformationExtraArgs` whose state is `ScaleByFactoredRMSState`. The
@@ -125,28 +188,33 @@ def scale_by_factored_rms(
 
   Notes:
     Differs from ``optax.scale_by_factored_rms``: no ``(1,)`` placeholder arrays in the state;
+    ``epsilon_mode`` (optax only adds);
     statistics in float32 by default (optax: parameter dtype, where bf16 statistics freeze and
     f16 ones give NaN for small gradients); the step is clamped so that ``step_offset`` larger
     than the count gives finite updates (optax: inf/NaN); ``params`` is optional.
   """
-  validation.check_number("decay_rate", decay_rate, low=0.0, low_inclusive=False)
-  validation.check_number("epsilon", epsilon, low=0.0)
+  validation.check_number("decay_rate", decay_rate, low=0.0)
+  validation.check_choice("epsilon_mode", epsilon_mode, ("add", "clamp"))
+  if epsilon is not None or epsilon_mode == "add":
+    validation.check_number("epsilon", epsilon, low=0.0)
   validation.check_number("step_offset", step_offset)
   validation.check_int("min_dim_size_to_factor", min_dim_size_to_factor, low=0)
   if not callable(decay_rate_fn):
     raise ValueError(f"decay_rate_fn must be callable (step, decay_rate) -> beta2, got "
                      f"{decay_rate_fn!r}.")
-  if stats_dtype is not None and not jnp.issubdtype(jnp.dtype(stats_dtype), jnp.floating):
+  stats_dtype = as_dtype(stats_dtype)
+  if stats_dtype is not None and not jnp.issubdtype(stats_dtype, jnp.floating):
     raise ValueError(f"stats_dtype={stats_dtype!r} must be a floating dtype or None.")
   rules = factoring.as_rules(factor_rule, factored=bool(factored),
                              min_dim_size_to_factor=int(min_dim_size_to_factor))
   name = "scale_by_factored_rms"
 
   def init_fn(params):
-    v_row, v_col, v = [], [], []
-    leaves, treedef = tree_util.tree_flatten_with_path(params)
+    v_row, v_col, v, plans = [], [], [], []
+    leaves, treedef = tree_lib.flatten_params(params)
     for path, p in leaves:
-      plan = rules.plan(tree_lib.path_str(path), p.shape)
+      plan = rules.plan(path, p.shape)
+      plans.append(plan)
       dtype = stats_dtype_for(p.dtype, stats_dtype)
       if plan.factored:
         v_row.append(jnp.zeros(plan.row_shape(p.shape), dtype))
@@ -160,11 +228,12 @@ def scale_by_factored_rms(
         count=jnp.zeros([], jnp.int32),
         v_row=treedef.unflatten(v_row),
         v_col=treedef.unflatten(v_col),
-        v=treedef.unflatten(v))
+        v=treedef.unflatten(v),
+        plans=FactorPlans(tuple(plans)))
 
   def update_fn(updates, state, params=None, **extra_args):
     del params, extra_args
-    treedef = tree_lib.check_same_tree(name, state.v, updates, expected_is_leaf=tree_lib.is_none)
+    treedef = tree_lib.check_same_tree(name, stats_tree(state), updates)
     rows = treedef.flatten_up_to(state.v_row)
     cols = treedef.flatten_up_to(state.v_col)
     vs = treedef.flatten_up_to(state.v)
@@ -181,24 +250,33 @@ def scale_by_factored_rms(
             f"{name}: the leaf {tree_lib.path_str(path)!r} of shape {g.shape} does not match the "
             "statistics in the state (was the state built for other params?).")
       dtype = ref.dtype
-      g2 = abs_sq(g, dtype) + jnp.asarray(epsilon, dtype)
+      if epsilon_mode == "add":
+        g2, floor = abs_sq(g, dtype) + jnp.asarray(epsilon, dtype), None
+      else:  # PyTorch: None is resolved per leaf, from this leaf's dtype.
+        eps = jnp.finfo(g.dtype).eps if epsilon is None else epsilon
+        g2, floor = abs_sq(g, dtype), jnp.asarray(eps, dtype)
       if plan.factored:
-        new_r, new_c, inv = factored_second_moment(g2, r, c, beta2, plan)
+        new_r, new_c, factors = factored_second_moment(g2, r, c, beta2, plan, floor)
         out_r.append(new_r)
         out_c.append(new_c)
         out_v.append(None)
       else:
         new_v = (beta2 * v + (1.0 - beta2) * g2).astype(dtype)
-        inv = new_v ** -0.5
+        factors = (new_v ** -0.5 if floor is None
+                   else jax.lax.rsqrt(jnp.maximum(new_v, floor * floor)),)
         out_r.append(None)
         out_c.append(None)
         out_v.append(new_v)
-      out_u.append((g.astype(jnp.result_type(g.dtype, dtype)) * inv).astype(g.dtype))
+      u = g.astype(jnp.result_type(g.dtype, dtype))
+      for factor in factors:
+        u = u * factor
+      out_u.append(u.astype(g.dtype))
     new_state = ScaleByFactoredRMSState(
         count=optax.safe_increment(state.count),
         v_row=treedef.unflatten(out_r),
         v_col=treedef.unflatten(out_c),
-        v=treedef.unflatten(out_v))
+        v=treedef.unflatten(out_v),
+        plans=state.plans)
     return treedef.unflatten(out_u), new_state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -27,7 +27,11 @@ Rules:
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping, NamedTuple, Sequence, Union
+from typing import Any
+from typing import Mapping
+from typing import NamedTuple
+from typing import Sequence
+from typing import Union
 
 import numpy as np
 

@@ -20,10 +20,12 @@ from typing import Any
 
 import jax
 from jax import tree_util
-from jax.sharding import NamedSharding, PartitionSpec
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec
 
 from adafactor_jax._src import tree as tree_lib
-from adafactor_jax._src.factored import ScaleByFactoredRMSState, stats_tree
+from adafactor_jax._src.factored import ScaleByFactoredRMSState
+from adafactor_jax._src.factored import stats_tree
 
 
 def _full_spec(sharding: NamedSharding, ndim: int) -> tuple:
@@ -64,7 +66,7 @@ def state_shardings(tx: Any, params: Any) -> Any:
     >>> tx = adafactor_jax.adafactor(1e-2)
     >>> s = adafactor_jax.state_shardings(tx, {"w": w})
     >>> s[0].v_row["w"].spec, s[0].v_col["w"].spec, s[0].count.spec
-    (PartitionSpec('data',), PartitionSpec('model',), PartitionSpec())
+    (P('data',), P('model',), P())
     >>> state = jax.jit(tx.init, out_shardings=s)({"w": jnp.zeros((256, 512))})
   """
   by_path: dict[str, tuple[tuple[int, ...], NamedSharding]] = {}

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
+from typing import Mapping
+from typing import Optional
+from typing import Sequence
+from typing import Union
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
-from jax.typing import ArrayLike, DTypeLike
+from jax.typing import ArrayLike
+from jax.typing import DTypeLike
 
 from adafactor_jax._src import blocks
-from adafactor_jax._src.config import preset
 from adafactor_jax._src import factoring
 from adafactor_jax._src import validation
 from adafactor_jax._src.adadelta import scale_by_adadelta
+from adafactor_jax._src.config import preset
 from adafactor_jax._src.factored import scale_by_factored_rms
 
 
@@ -22,7 +29,8 @@ def adafactor(
     min_dim_size_to_factor: int = 128,
     decay_rate: ArrayLike = 0.8,
     decay_offset: int = 0,
-    multiply_by_parameter_scale: bool = True,
+    multiply_by_parameter_scale: Union[bool, Mapping[str, bool],
+                                       Sequence[tuple[str, bool]]] = True,
     clipping_threshold: Optional[ArrayLike] = 1.0,
     momentum: Optional[ArrayLike] = None,
     dtype_momentum: DTypeLike = jnp.float32,
@@ -33,19 +41,28 @@ def adafactor(
     *,
     factor_rule: factoring.FactorRule = "largest",
     stats_dtype: Optional[DTypeLike] = jnp.float32,
+    max_parameter_scale: Optional[ArrayLike] = None,
+    global_norm_clip_threshold: Optional[ArrayLike] = None,
+    weight_decay_rate_lr_exponent: Optional[ArrayLike] = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""The Adafactor optimizer, with optax's signature and defaults (a superset).
 
-  The update travels grads -> factored statistics -> update clipping -> learning rate ->
-  parameter scale -> momentum -> weight decay -> sign:
+  The update travels grads -> [global-norm clipping] -> factored statistics -> update clipping
+  -> learning rate -> parameter scale -> momentum -> weight decay -> sign:
 
   .. math::
 
+     G_t &\leftarrow G_t \min(1, c / \lVert G_t \rVert_{\text{global}})
+       \quad\text{(if global\_norm\_clip\_threshold } c\text{)} \\
      u_t &= G_t / \sqrt{\hat V_t} \quad\text{(see scale\_by\_factored\_rms)} \\
      \hat u_t &= u_t / \max(1, \mathrm{RMS}(u_t)/d) \\
-     s_t &= \eta_t\, \max(\mathrm{RMS}(p_{t-1}), 10^{-3})\, \hat u_t \\
+     s_t &= \eta_t\, \min(\max(\mathrm{RMS}(p_{t-1}), 10^{-3}), \text{max\_parameter\_scale})
+       \, \hat u_t \\
      m_t &= \beta_1 m_{t-1} + (1-\beta_1) s_t \quad\text{(if momentum)} \\
      p_t &= p_{t-1} - (m_t \text{ or } s_t) - \lambda_t\, p_{t-1} \quad\text{(if weight decay)}
+
+  with :math:`\lambda_t = (\text{weight\_decay\_rate or } 1)\,\eta_t^{e}` when
+  ``weight_decay_rate_lr_exponent`` :math:`e` is set (t5x).
 
   Args:
     learning_rate: a float or schedule; ``None`` applies no learning-rate scaling at all (as
@@ -54,7 +71,10 @@ def adafactor(
     min_dim_size_to_factor: only factor a leaf whose factored dims are all this large.
     decay_rate: exponent of the second-moment decay schedule ``1 - t**-decay_rate`` (> 0).
     decay_offset: subtracted from the step count in that schedule (fine-tuning).
-    multiply_by_parameter_scale: scale the step by ``max(RMS(p), 1e-3)``.
+    multiply_by_parameter_scale: scale the step by ``max(RMS(p), 1e-3)``; a bool, or (as t5x's
+      ``HParamMap``) a mapping or sequence of pairs from key-path regular expressions (matched
+      with ``re.search`` against the '/'-joined key path; the first match wins) to bools. A leaf
+      matching no pattern is an error, as in t5x: end with a catch-all ``'.*'``.
     clipping_threshold: update clipping threshold (> 0), or None for no clipping.
     momentum: EMA coefficient of the (lr- and scale-multiplied) updates in [0, 1), or None.
     dtype_momentum: dtype of the momentum buffer.
@@ -66,6 +86,13 @@ def adafactor(
       or explicit per key-path rules with row/col/batch dims (t5x); batch dims also get their
       own clipping and parameter-scale RMS.
     stats_dtype: dtype of the second-moment statistics (float32); None keeps the param dtype.
+    max_parameter_scale: optional cap on the parameter scale (t5x), > 0.
+    global_norm_clip_threshold: optional: clip the gradients to this global norm before the
+      statistics (t5x), > 0.
+    weight_decay_rate_lr_exponent: optional (t5x): the weight decay becomes
+      ``(weight_decay_rate or 1) * learning_rate(t) ** exponent``; needs a learning rate. As in
+      t5x, 0 or None switches it off (a ``weight_decay_rate`` of 0 stays 0 here, where t5x's
+      ``or`` turns it into 1).
 
   Returns:
     An `optax.GradientTransformationExtraArgs` (an ``optax.chain`` of the building blocks).
@@ -96,8 +123,16 @@ def adafactor(
     state holds only what each leaf needs (no ``(1,)`` placeholders); statistics are float32
     whatever the param dtype (``stats_dtype=None`` for optax's behaviour); ``decay_offset``
     larger than the step count gives finite updates; ``factor_rule``. As in optax (and unlike the
-    paper) ``learning_rate=None`` means no relative step size, momentum averages lr-scaled
-    steps, and weight decay is not multiplied by the learning rate.
+    paper) ``learning_rate=None`` means no relative step size (pass
+    ``relative_step_size(1e-2)`` for the paper's), momentum averages lr-scaled steps, and weight
+    decay is not multiplied by the learning rate.
+
+    t5x's Adafactor is this function with ``factor_rule`` (its ``factor_map``; here rules also
+    apply to leaves of rank <= 2, which t5x ignores unless they have batch dims), a per-path
+    ``multiply_by_parameter_scale``, ``max_parameter_scale``, ``global_norm_clip_threshold`` and
+    ``weight_decay_rate_lr_exponent``; its ``epsilon1``/``step_offset`` are ``eps``/
+    ``decay_offset``. Rank > 2 leaves without a rule are factored over their two largest dims
+    here, where t5x raises. Skipping non-finite steps is not part of this function.
   """
   validation.check_int("min_dim_size_to_factor", min_dim_size_to_factor, low=0)
   if learning_rate is not None:
@@ -112,24 +147,71 @@ def adafactor(
   if weight_decay_rate is not None:
     validation.check_scalar_or_schedule("weight_decay_rate", weight_decay_rate, low=0.0)
   validation.check_number("eps", eps, low=0.0)
+  if max_parameter_scale is not None:
+    validation.check_number("max_parameter_scale", max_parameter_scale, low=0.0,
+                            low_inclusive=False)
+  if global_norm_clip_threshold is not None:
+    validation.check_number("global_norm_clip_threshold", global_norm_clip_threshold, low=0.0,
+                            low_inclusive=False)
+  if weight_decay_rate_lr_exponent is not None:
+    validation.check_number("weight_decay_rate_lr_exponent", weight_decay_rate_lr_exponent)
+  if isinstance(multiply_by_parameter_scale, (bool, np.bool_)):
+    scale_mask = None
+  else:
+    scale_mask = blocks.mask_by_first_match(multiply_by_parameter_scale,
+                                            "multiply_by_parameter_scale")
+  lr_exponent = _is_on(weight_decay_rate_lr_exponent)
+  if lr_exponent:
+    if learning_rate is None:
+      raise ValueError("weight_decay_rate_lr_exponent needs a learning_rate (the decay is "
+                       "(weight_decay_rate or 1) * learning_rate ** exponent), got None.")
+    weight_decay_rate = _lr_coupled_decay(weight_decay_rate, learning_rate,
+                                          weight_decay_rate_lr_exponent)
   rules = factoring.as_rules(factor_rule, factored=bool(factored),
                              min_dim_size_to_factor=min_dim_size_to_factor)
   block_rule = rules if rules.patterns else None
-  tx: list[Any] = [scale_by_factored_rms(
+  tx: list[Any] = []
+  if global_norm_clip_threshold is not None:
+    tx.append(optax.clip_by_global_norm(global_norm_clip_threshold))
+  tx.append(scale_by_factored_rms(
       factored, decay_rate, decay_offset, min_dim_size_to_factor, eps,
-      factor_rule=rules, stats_dtype=stats_dtype)]
+      factor_rule=rules, stats_dtype=stats_dtype))
   if clipping_threshold is not None:
     tx.append(blocks.clip_by_block_rms(clipping_threshold, factor_rule=block_rule))
   if learning_rate is not None:
     tx.append(blocks.scale_by_learning_rate(learning_rate, flip_sign=False))
-  if multiply_by_parameter_scale:
-    tx.append(blocks.scale_by_param_block_rms(factor_rule=block_rule))
+  if scale_mask is not None or multiply_by_parameter_scale:
+    tx.append(blocks.scale_by_param_block_rms(max_scale=max_parameter_scale,
+                                              factor_rule=block_rule, mask=scale_mask))
   if momentum is not None:
     tx.append(blocks.scale_by_momentum(momentum, accumulator_dtype=dtype_momentum))
   if weight_decay_rate is not None:
     tx.append(blocks.add_decayed_weights(weight_decay_rate, weight_decay_mask))
   tx.append(blocks.scale_by_learning_rate(1.0))  # descent: flip the sign
   return optax.chain(*tx)
+
+
+def _is_on(x: Any) -> bool:
+  """t5x's truthiness of an optional hyperparameter (None and 0 are off; tracers are on)."""
+  if x is None:
+    return False
+  if isinstance(x, jax.core.Tracer):
+    return True
+  return float(x) != 0.0
+
+
+def _lr_coupled_decay(rate: Optional[optax.ScalarOrSchedule], lr: optax.ScalarOrSchedule,
+                      exponent: ArrayLike) -> optax.ScalarOrSchedule:
+  """t5x's ``(rate or 1) * lr ** exponent``, a schedule when either is one."""
+  if not callable(rate) and not callable(lr):
+    return (1.0 if rate is None else rate) * jnp.asarray(lr, jnp.float32) ** exponent
+
+  def schedule(count):
+    r = 1.0 if rate is None else (rate(count) if callable(rate) else rate)
+    eta = lr(count) if callable(lr) else lr
+    return r * jnp.asarray(eta, jnp.float32) ** exponent
+
+  return schedule
 
 
 @preset

@@ -1,0 +1,598 @@
+"""The Keras base-optimizer features as composable optax transformations.
+
+Keras 3 gives every optimizer the same extra arguments (``keras.optimizers.Optimizer``):
+static loss scaling, gradient accumulation, gradient clipping (per variable, by value, by global
+norm), decoupled weight decay with exclusions, and an exponential moving average (EMA) of the
+weights with periodic overwrite. Here each is a separate building block that composes with any
+`optax.GradientTransformation`, in the order Keras applies them:
+
+.. code-block:: text
+
+   static_loss_scale -> accumulate_gradients( clip_by_* -> with_decoupled_weight_decay(core) )
+     -> ema_params
+
+None of them needs Keras at runtime.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from typing import NamedTuple
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.typing import ArrayLike
+from jax.typing import DTypeLike
+
+from adafactor_jax._src import blocks
+from adafactor_jax._src import tree as tree_lib
+from adafactor_jax._src import validation
+
+
+def _float_dtype(dtype: DTypeLike) -> jnp.dtype:
+  """`dtype` promoted to at least float32 (for norms and sums of squares)."""
+  return jnp.promote_types(dtype, jnp.float32)
+
+
+# --------------------------------------------------------------------------- loss scaling
+
+
+class StaticLossScaleState(NamedTuple):
+  """State of `static_loss_scale`: the factor, so that `scale_loss` can find it."""
+
+  loss_scale_factor: jax.Array  # float32 scalar: the static loss scale.
+
+
+def static_loss_scale(loss_scale_factor: ArrayLike) -> optax.GradientTransformationExtraArgs:
+  r"""Divides the gradients by a static loss-scale factor (Keras's ``loss_scale_factor``).
+
+  The loss is multiplied by :math:`s` before differentiation (`scale_loss`), so the gradients
+  arrive multiplied by :math:`s`; this block divides them back:
+
+  .. math:: g \leftarrow g / s
+
+  Args:
+    loss_scale_factor: the factor :math:`s` (> 0, finite).
+
+  Returns:
+    An `optax.GradientTransformationExtraArgs` whose state `StaticLossScaleState` holds the
+    factor (so ``scale_loss(loss, opt_state)`` needs no second copy of it).
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import adafactor_jax
+    >>> tx = adafactor_jax.static_loss_scale(1024.0)
+    >>> state = tx.init({"w": jnp.zeros(2)})
+    >>> float(adafactor_jax.scale_loss(jnp.float32(0.5), state))
+    512.0
+    >>> updates, _ = tx.update({"w": jnp.array([1024.0, 2048.0])}, state)
+    >>> print(updates["w"])
+    [1. 2.]
+
+  References:
+    Micikevicius et al., `Mixed Precision Training <https://arxiv.org/abs/1710.03740>`_, 2018.
+    Keras ``Optimizer(loss_scale_factor=...)`` and ``Optimizer.scale_loss``.
+
+  Notes:
+    As Keras: the factor is static (for a dynamic one, Keras has ``LossScaleOptimizer``); the
+    division happens before gradient accumulation and clipping.
+  """
+  validation.check_number("loss_scale_factor", loss_scale_factor, low=0.0, low_inclusive=False)
+
+  def init_fn(params):
+    del params
+    return StaticLossScaleState(loss_scale_factor=jnp.asarray(loss_scale_factor, jnp.float32))
+
+  def update_fn(updates, state, params=None, **extra_args):
+    del params, extra_args
+    scale = state.loss_scale_factor
+    return jax.tree.map(lambda g: (g / scale.astype(g.dtype)).astype(g.dtype), updates), state
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _find_states(opt_state: Any, cls: type) -> list[Any]:
+  found = jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, cls))
+  return [x for x in found if isinstance(x, cls)]
+
+
+def scale_loss(loss: ArrayLike, opt_state_or_factor: Any) -> jax.Array:
+  r"""Multiplies a loss by the static loss-scale factor (Keras's ``optimizer.scale_loss``).
+
+  .. math:: \ell \leftarrow s\,\ell
+
+  Args:
+    loss: the scalar loss (a traced value inside ``jax.grad`` is fine).
+    opt_state_or_factor: the factor :math:`s` itself, or an optimizer state containing a
+      `StaticLossScaleState` (from `static_loss_scale`, or the presets' ``loss_scale_factor``).
+      A state without one leaves the loss unchanged, as Keras does without a factor.
+
+  Returns:
+    The scaled loss.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp
+    >>> import adafactor_jax
+    >>> tx = adafactor_jax.keras_adadelta(1.0, loss_scale_factor=8.0)
+    >>> params = jnp.array([1.0, 2.0])
+    >>> state = tx.init(params)
+    >>> loss = lambda p: adafactor_jax.scale_loss(jnp.sum(p ** 2), state)
+    >>> print(jax.grad(loss)(params))  # scaled; the optimizer divides by 8 again
+    [16. 32.]
+    >>> float(adafactor_jax.scale_loss(3.0, 2.0))
+    6.0
+
+  References:
+    Keras ``Optimizer.scale_loss``.
+  """
+  if isinstance(opt_state_or_factor, (int, float, np.number, np.ndarray, jax.Array)):
+    return loss * opt_state_or_factor
+  states = _find_states(opt_state_or_factor, StaticLossScaleState)
+  if not states:
+    return loss
+  return loss * states[0].loss_scale_factor
+
+
+# --------------------------------------------------------------------------- clipping
+
+
+def clip_by_leaf_norm(max_norm: ArrayLike) -> optax.GradientTransformationExtraArgs:
+  r"""Clips each leaf's gradient to an L2 norm of at most `max_norm` (Keras's ``clipnorm``).
+
+  .. math:: g \leftarrow g\, c / \max(\lVert g \rVert_2, c)
+
+  Args:
+    max_norm: the maximum L2 norm :math:`c` of each leaf (> 0).
+
+  Returns:
+    An `optax.GradientTransformationExtraArgs` with an empty state.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import adafactor_jax
+    >>> tx = adafactor_jax.clip_by_leaf_norm(1.0)
+    >>> updates, _ = tx.update({"w": jnp.array([100.0, 100.0]), "b": jnp.array([0.3])}, None)
+    >>> print(updates["w"], updates["b"])
+    [0.7071068 0.7071068] [0.3]
+
+  References:
+    Pascanu et al., `On the difficulty of training recurrent neural networks
+    <https://arxiv.org/abs/1211.5063>`_, 2013. Keras ``Optimizer(clipnorm=...)``.
+
+  Notes:
+    Each leaf separately, as Keras's ``clipnorm`` (Keras's variable is our leaf); the norm is
+    computed in at least float32. A zero gradient stays zero. Unlike ``optax.clip_by_block_rms``
+    this is a norm, not an RMS.
+  """
+  validation.check_number("clipnorm", max_norm, low=0.0, low_inclusive=False)
+
+  def clip(g):
+    dtype = _float_dtype(g.dtype)
+    g32 = g.astype(dtype)
+    l2sum = jnp.sum(g32 * g32, keepdims=True)
+    pred = l2sum > 0
+    l2norm = jnp.where(pred, jnp.sqrt(jnp.where(pred, l2sum, 1.0)), l2sum)
+    return (g32 * max_norm / jnp.maximum(l2norm, max_norm)).astype(g.dtype)
+
+  def update_fn(updates, state, params=None, **extra_args):
+    del params, extra_args
+    return jax.tree.map(clip, updates), state
+
+  return optax.GradientTransformationExtraArgs(optax.init_empty_state, update_fn)
+
+
+def clip_by_value(max_value: ArrayLike) -> optax.GradientTransformationExtraArgs:
+  r"""Clips every gradient element to ``[-max_value, max_value]`` (Keras's ``clipvalue``).
+
+  .. math:: g \leftarrow \min(\max(g, -v), v)
+
+  Args:
+    max_value: the bound :math:`v` (> 0).
+
+  Returns:
+    An `optax.GradientTransformationExtraArgs` with an empty state.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import adafactor_jax
+    >>> tx = adafactor_jax.clip_by_value(1.0)
+    >>> updates, _ = tx.update({"w": jnp.array([100.0, -0.5, -3.0])}, None)
+    >>> print(updates["w"])
+    [ 1.  -0.5 -1. ]
+
+  References:
+    Keras ``Optimizer(clipvalue=...)``; ``optax.clip`` does the same.
+  """
+  validation.check_number("clipvalue", max_value, low=0.0, low_inclusive=False)
+
+  def update_fn(updates, state, params=None, **extra_args):
+    del params, extra_args
+    return jax.tree.map(lambda g: jnp.clip(g, -max_value, max_value).astype(g.dtype),
+                        updates), state
+
+  return optax.GradientTransformationExtraArgs(optax.init_empty_state, update_fn)
+
+
+def clip_by_global_norm(max_norm: ArrayLike) -> optax.GradientTransformationExtraArgs:
+  r"""Scales all gradients so that their global L2 norm is at most `max_norm` (Keras's
+  ``global_clipnorm``).
+
+  .. math:: g \leftarrow g \cdot c \min(1/\lVert g \rVert_2, 1/c), \qquad
+     \lVert g \rVert_2 = \sqrt{\textstyle\sum_{\text{leaves}} \sum g^2}
+
+  Args:
+    max_norm: the maximum global norm :math:`c` (> 0).
+
+  Returns:
+    An `optax.GradientTransformationExtraArgs` with an empty state.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import adafactor_jax
+    >>> tx = adafactor_jax.clip_by_global_norm(1.0)
+    >>> updates, _ = tx.update({"a": jnp.array([3.0]), "b": jnp.array([4.0])}, None)
+    >>> print(updates["a"], updates["b"])
+    [0.6] [0.8]
+
+  References:
+    Pascanu et al., `On the difficulty of training recurrent neural networks
+    <https://arxiv.org/abs/1211.5063>`_, 2013. Keras ``Optimizer(global_clipnorm=...)``.
+
+  Notes:
+    As Keras (and unlike ``optax.clip_by_global_norm``), a non-finite global norm turns every
+    gradient into NaN instead of passing infinities through, so the problem is visible.
+  """
+  validation.check_number("global_clipnorm", max_norm, low=0.0, low_inclusive=False)
+
+  def update_fn(updates, state, params=None, **extra_args):
+    del params, extra_args
+    leaves = jax.tree.leaves(updates)
+    if not leaves:
+      return updates, state
+    dtype = jnp.result_type(*[_float_dtype(g.dtype) for g in leaves])
+    sq = jnp.stack([jnp.sum(jnp.square(g.astype(dtype))) for g in leaves])
+    norm = jnp.sqrt(jnp.sum(sq))
+    scale = max_norm * jnp.minimum(1.0 / norm, 1.0 / max_norm) + (norm - norm)
+    return jax.tree.map(lambda g: (g.astype(dtype) * scale).astype(g.dtype), updates), state
+
+  return optax.GradientTransformationExtraArgs(optax.init_empty_state, update_fn)
+
+
+# --------------------------------------------------------------------------- weight decay
+
+
+class DecoupledWeightDecayState(NamedTuple):
+  """State of `with_decoupled_weight_decay`."""
+
+  count: Any  # int32 scalar: calls so far (the learning-rate schedule's step), or None.
+  inner_state: Any  # the wrapped transformation's state.
+
+
+def with_decoupled_weight_decay(
+    inner: optax.GradientTransformation,
+    weight_decay: optax.ScalarOrSchedule,
+    learning_rate: optax.ScalarOrSchedule = 1.0,
+    *,
+    mask: blocks.MaskOrFn = None,
+) -> optax.GradientTransformationExtraArgs:
+  r"""Decays the weights *before* `inner` runs, as Keras does: ``var <- var - var*wd*lr``.
+
+  .. math::
+
+     \tilde p &= p - p\,\lambda_t\,\eta_t \\
+     p' &= \tilde p + \mathrm{inner}(g, \tilde p)
+
+  so `inner` sees the decayed params (an Adafactor parameter scale is computed from them) and
+  the update returned is :math:`(\tilde p - p) + \mathrm{inner}(g, \tilde p)`.
+
+  Args:
+    inner: the transformation to wrap (for example an Adafactor chain ending in the sign flip).
+    weight_decay: :math:`\lambda`, a non-negative float or a schedule of the call count.
+    learning_rate: :math:`\eta`, the *base* learning rate (a float or a schedule of the call
+      count), not the step size the inner optimizer ends up using.
+    mask: a pytree of bools (True: decay this leaf) or a callable ``params -> bools``, e.g.
+      ``adafactor_jax.mask_by_path(exclude=["bias"])`` for Keras's
+      ``exclude_from_weight_decay(var_names=["bias"])``; None decays every leaf.
+
+  Returns:
+    An `optax.GradientTransformationExtraArgs` with state `DecoupledWeightDecayState`;
+    ``params`` are required.
+
+  Examples:
+    >>> import jax.numpy as jnp, optax
+    >>> import adafactor_jax
+    >>> tx = adafactor_jax.with_decoupled_weight_decay(optax.sgd(1.0), 0.004, 1.0)
+    >>> params = jnp.array([2.0])
+    >>> updates, _ = tx.update(jnp.zeros(1), tx.init(params), params)
+    >>> print(params + updates)
+    [1.992]
+
+  References:
+    Loshchilov & Hutter, `Decoupled Weight Decay Regularization
+    <https://arxiv.org/abs/1711.05101>`_, 2019. Keras ``Optimizer(weight_decay=...)``.
+
+  Notes:
+    Keras quirks reproduced: the decay is multiplied by the base learning rate (Keras's
+    ``optimizer.learning_rate``, the schedule's value at this call), not by the step size the
+    optimizer computes, and it happens before the update, so the update sees the decayed weights.
+    ``optax.add_decayed_weights`` instead adds :math:`\lambda p` to the update, after it.
+  """
+  validation.check_scalar_or_schedule("weight_decay", weight_decay, low=0.0)
+  validation.check_scalar_or_schedule("learning_rate", learning_rate, low=0.0)
+  inner = optax.with_extra_args_support(inner)
+  name = "with_decoupled_weight_decay"
+  scheduled = callable(weight_decay) or callable(learning_rate)
+
+  def init_fn(params):
+    return DecoupledWeightDecayState(count=jnp.zeros([], jnp.int32) if scheduled else None,
+                                     inner_state=inner.init(params))
+
+  def update_fn(updates, state, params=None, **extra_args):
+    tree_lib.require_params(name, params, "the weights are decayed before the update")
+    treedef = tree_lib.check_same_tree(name, params, updates, expected_name="the params")
+    wd = weight_decay(state.count) if callable(weight_decay) else weight_decay
+    lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
+    p_leaves = treedef.flatten_up_to(params)
+    decayed = []
+    for p, m in zip(p_leaves, blocks.resolve_mask(mask, params, treedef, name)):
+      p_d = p - p * jnp.asarray(wd, p.dtype) * jnp.asarray(lr, p.dtype)
+      if isinstance(m, (bool, np.bool_)):
+        decayed.append(p_d if m else p)
+      else:
+        decayed.append(jnp.where(m, p_d, p))
+    decayed_params = treedef.unflatten(decayed)
+    inner_updates, inner_state = inner.update(updates, state.inner_state, decayed_params,
+                                              **extra_args)
+    out = [((p_d - p) + u).astype(u.dtype) for p, p_d, u in zip(
+        p_leaves, decayed, treedef.flatten_up_to(inner_updates))]
+    count = optax.safe_increment(state.count) if scheduled else None
+    return treedef.unflatten(out), DecoupledWeightDecayState(count=count, inner_state=inner_state)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+# --------------------------------------------------------------------------- accumulation
+
+
+class AccumulateGradientsState(NamedTuple):
+  """State of `accumulate_gradients`."""
+
+  count: jax.Array  # int32 scalar: calls (micro-steps) so far.
+  acc: Any  # per leaf: sum of the micro-step gradients since the last update (leaf's shape).
+  inner_state: Any  # the wrapped transformation's state; changes only on update steps.
+
+
+def accumulate_gradients(
+    inner: optax.GradientTransformation,
+    gradient_accumulation_steps: int,
+    *,
+    accumulator_dtype: Optional[DTypeLike] = jnp.float32,
+) -> optax.GradientTransformationExtraArgs:
+  r"""Keras-style gradient accumulation: `inner` runs once every `k` calls on the mean gradient.
+
+  With :math:`n` the 0-based call count and :math:`k` = `gradient_accumulation_steps`:
+
+  .. math::
+
+     \text{if } (n+1) \bmod k = 0:&\quad u = \mathrm{inner}\big((g_n + A)/k\big),\; A = 0 \\
+     \text{else}:&\quad u = 0,\; A \leftarrow A + g_n
+
+  Args:
+    inner: the transformation applied on update steps (its state changes only then, so an
+      Adafactor step counter inside it counts applied updates).
+    gradient_accumulation_steps: :math:`k`, an integer >= 2.
+    accumulator_dtype: dtype of the running sum :math:`A` (float32; None: the leaf's dtype, as
+      Keras).
+
+  Returns:
+    An `optax.GradientTransformationExtraArgs` with state `AccumulateGradientsState`; the
+    updates are zero on the other calls.
+
+  Examples:
+    >>> import jax.numpy as jnp, optax
+    >>> import adafactor_jax
+    >>> tx = adafactor_jax.accumulate_gradients(optax.sgd(1.0), 2)
+    >>> state = tx.init(jnp.zeros(1))
+    >>> u, state = tx.update(jnp.array([1.0]), state)
+    >>> print(u)
+    [0.]
+    >>> u, state = tx.update(jnp.array([3.0]), state)
+    >>> print(u)
+    [-2.]
+
+  References:
+    Keras ``Optimizer(gradient_accumulation_steps=...)``; ``optax.MultiSteps`` is the general
+    optax form.
+
+  Notes:
+    Keras's semantics, pinned by its ``test_gradient_accumulation_with_weigth_decay``: a
+    learning-rate schedule in Keras sees every call (its ``_iterations``) while the optimizer's
+    step counter counts applied updates; the Keras presets pass the inner blocks the schedule
+    shifted to the call at which each update happens, ``lr(k*j + k - 1)`` for update ``j``. On
+    other calls `inner` is not evaluated (``lax.cond``), whereas Keras's JAX backend computes the
+    full update and discards it.
+  """
+  validation.check_int("gradient_accumulation_steps", gradient_accumulation_steps, low=2)
+  inner = optax.with_extra_args_support(inner)
+  k = int(gradient_accumulation_steps)
+  name = "accumulate_gradients"
+
+  def init_fn(params):
+    acc = jax.tree.map(lambda p: jnp.zeros(p.shape, accumulator_dtype or p.dtype), params)
+    return AccumulateGradientsState(count=jnp.zeros([], jnp.int32), acc=acc,
+                                    inner_state=inner.init(params))
+
+  def update_fn(updates, state, params=None, **extra_args):
+    tree_lib.check_same_tree(name, state.acc, updates)
+    is_update = (state.count + 1) % k == 0
+
+    def apply(operands):
+      grads, acc, inner_state = operands
+      mean = jax.tree.map(
+          lambda g, a: ((g.astype(jnp.result_type(g.dtype, a.dtype)) + a) / k).astype(g.dtype),
+          grads, acc)
+      u, new_inner = inner.update(mean, inner_state, params, **extra_args)
+      u = jax.tree.map(lambda x, g: x.astype(g.dtype), u, grads)
+      return u, jax.tree.map(jnp.zeros_like, acc), new_inner
+
+    def skip(operands):
+      grads, acc, inner_state = operands
+      new_acc = jax.tree.map(lambda g, a: (g.astype(jnp.result_type(g.dtype, a.dtype)) + a)
+                             .astype(a.dtype), grads, acc)
+      return jax.tree.map(jnp.zeros_like, grads), new_acc, inner_state
+
+    u, acc, inner_state = jax.lax.cond(is_update, apply, skip,
+                                       (updates, state.acc, state.inner_state))
+    return u, AccumulateGradientsState(count=optax.safe_increment(state.count), acc=acc,
+                                       inner_state=inner_state)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+# --------------------------------------------------------------------------- EMA of the weights
+
+
+class EmaParamsState(NamedTuple):
+  """State of `ema_params`."""
+
+  count: jax.Array  # int32 scalar: calls so far.
+  ema: Any  # per leaf: the moving average of the weights (leaf's shape, `dtype`).
+
+
+def ema_params(
+    momentum: ArrayLike = 0.99,
+    overwrite_frequency: Optional[int] = None,
+    *,
+    gradient_accumulation_steps: Optional[int] = None,
+    dtype: Optional[DTypeLike] = jnp.float32,
+) -> optax.GradientTransformationExtraArgs:
+  r"""Keeps an exponential moving average of the *weights*, and periodically swaps it in (Keras's
+  ``use_ema``).
+
+  Place it last in a chain: it sees the final update :math:`u` and the current weights
+  :math:`p`. With :math:`j` the number of applied updates before this call (the call count, or
+  the call count // `gradient_accumulation_steps`):
+
+  .. math::
+
+     \mu &= \text{momentum} \cdot [j \neq 0] \\
+     \bar p &\leftarrow \mu \bar p + (1 - \mu)(p + u) \\
+     u &\leftarrow \bar p - p \quad \text{if } (j + 1) \bmod \text{overwrite\_frequency} = 0
+
+  Use `finalize_variable_values` at the end of training to read the average.
+
+  Args:
+    momentum: the EMA coefficient, in [0, 1].
+    overwrite_frequency: an integer >= 1: every that many updates the weights are replaced by
+      their average; None never (call `finalize_variable_values` instead).
+    gradient_accumulation_steps: the :math:`k` of an `accumulate_gradients` inside the chain
+      (the average is still updated on every call, as Keras), or None.
+    dtype: dtype of the average (float32; None: the weights' dtype, as Keras).
+
+  Returns:
+    An `optax.GradientTransformationExtraArgs` with state `EmaParamsState`; ``params`` are
+    required.
+
+  Examples:
+    >>> import jax.numpy as jnp, optax
+    >>> import adafactor_jax
+    >>> tx = optax.chain(optax.sgd(1.0), adafactor_jax.ema_params(0.9, overwrite_frequency=3))
+    >>> params = jnp.array([3.0, 4.0])
+    >>> state = tx.init(params)
+    >>> for _ in range(3):
+    ...   updates, state = tx.update(jnp.ones(2), state, params)
+    ...   params = optax.apply_updates(params, updates)
+    >>> print(", ".join(f"{x:.4f}" for x in params))  # the average, swapped in at step 3
+    1.7100, 2.7100
+    >>> print(", ".join(f"{x:.4f}" for x in adafactor_jax.finalize_variable_values(params, state)))
+    1.7100, 2.7100
+
+  References:
+    Polyak & Juditsky, Acceleration of stochastic approximation by averaging, 1992. Keras
+    ``Optimizer(use_ema=..., ema_momentum=..., ema_overwrite_frequency=...)``.
+
+  Notes:
+    Keras's behaviour: the first update copies the weights (:math:`\mu = 0` while
+    :math:`j = 0`, so with gradient accumulation for the whole first k calls); the average is
+    updated on every call, including accumulation calls that do not move the weights; the
+    overwrite test uses the update count. The average starts at zero, as in Keras, but
+    `finalize_variable_values` before any step returns the params unchanged (Keras: zeros).
+  """
+  validation.check_number("ema_momentum", momentum, low=0.0, high=1.0)
+  if overwrite_frequency is not None:
+    validation.check_int("ema_overwrite_frequency", overwrite_frequency, low=1)
+  if gradient_accumulation_steps is not None:
+    validation.check_int("gradient_accumulation_steps", gradient_accumulation_steps, low=2)
+  k = 1 if gradient_accumulation_steps is None else int(gradient_accumulation_steps)
+  name = "ema_params"
+
+  def init_fn(params):
+    return EmaParamsState(count=jnp.zeros([], jnp.int32),
+                          ema=jax.tree.map(lambda p: jnp.zeros(p.shape, dtype or p.dtype), params))
+
+  def update_fn(updates, state, params=None, **extra_args):
+    del extra_args
+    tree_lib.require_params(name, params, "the weights are averaged")
+    treedef = tree_lib.check_same_tree(name, params, updates, expected_name="the params")
+    j = state.count // k
+    mu = (j != 0).astype(jnp.float32) * momentum
+    p_leaves = treedef.flatten_up_to(params)
+    u_leaves = treedef.flatten_up_to(updates)
+    new_ema, out = [], []
+    for p, u, a in zip(p_leaves, u_leaves, treedef.flatten_up_to(state.ema)):
+      new_p = jnp.asarray(p + u).astype(p.dtype)  # as optax.apply_updates
+      avg = (mu.astype(a.dtype) * a + (1 - mu).astype(a.dtype) * new_p.astype(a.dtype)).astype(
+          a.dtype)
+      new_ema.append(avg)
+      if overwrite_frequency is not None:
+        overwrite = (j + 1) % overwrite_frequency == 0
+        u = jnp.where(overwrite, (avg.astype(p.dtype) - p).astype(u.dtype), u)
+      out.append(u)
+    return treedef.unflatten(out), EmaParamsState(count=optax.safe_increment(state.count),
+                                                  ema=treedef.unflatten(new_ema))
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def finalize_variable_values(params: optax.Params, opt_state: Any) -> optax.Params:
+  """Returns the params with the EMA averages swapped in (Keras's ``finalize_variable_values``).
+
+  Args:
+    params: the current params.
+    opt_state: an optimizer state; the first `EmaParamsState` found in it is used (from
+      `ema_params`, or the presets' ``use_ema=True``).
+
+  Returns:
+    The averages, cast to each param's dtype; `params` itself when the state holds no EMA, and
+    the params' values before the first update.
+
+  Examples:
+    >>> import jax.numpy as jnp, optax
+    >>> import adafactor_jax
+    >>> tx = adafactor_jax.keras_adadelta(1.0, use_ema=True, ema_momentum=0.5)
+    >>> params = jnp.array([1.0])
+    >>> state = tx.init(params)
+    >>> for _ in range(2):
+    ...   updates, state = tx.update(jnp.ones(1), state, params)
+    ...   params = optax.apply_updates(params, updates)
+    >>> print(params, adafactor_jax.finalize_variable_values(params, state))
+    [0.9971535] [0.9978696]
+    >>> adafactor_jax.finalize_variable_values(params, optax.sgd(1.0).init(params)) is params
+    True
+
+  References:
+    Keras ``Optimizer.finalize_variable_values``.
+  """
+  states = _find_states(opt_state, EmaParamsState)
+  if not states:
+    return params
+  ema, started = states[0].ema, states[0].count > 0
+  treedef = tree_lib.check_same_tree("finalize_variable_values", params, ema,
+                                     expected_name="the params", got_name="the EMA")
+  return treedef.unflatten([
+      jnp.where(started, a.astype(jnp.asarray(p).dtype), p)
+      for a, p in zip(jax.tree.leaves(ema), treedef.flatten_up_to(params))])
+
