@@ -54,12 +54,20 @@ class ScaleByFactoredRMSState(NamedTuple):
 
 
 def abs_sq(x: jax.Array, dtype: DTypeLike) -> jax.Array:
-  """``|x|**2`` computed in the real dtype `dtype`."""
+  """``|x|**2`` computed in the real dtype `dtype`, saturated so that statistics stay finite.
+
+  A square that would overflow (a gradient near the dtype's maximum) is capped at
+  ``finfo(dtype).max / (2 * x.size)``, so that sums and moving averages of the squares over the
+  leaf stay finite too. Ordinary values are far below the cap and are not changed.
+  """
+  cap = float(jnp.finfo(dtype).max) / (2.0 * max(1, x.size))
   if jnp.iscomplexobj(x):
     x = x.astype(jnp.result_type(dtype, jnp.complex64))
-    return (jnp.real(x) ** 2 + jnp.imag(x) ** 2).astype(dtype)
-  x = x.astype(dtype)
-  return x * x
+    sq = (jnp.real(x) ** 2 + jnp.imag(x) ** 2).astype(dtype)
+  else:
+    x = x.astype(dtype)
+    sq = x * x
+  return jnp.minimum(sq, jnp.asarray(cap, dtype))
 
 
 def as_dtype(dtype: Any) -> Optional[jnp.dtype]:
@@ -96,14 +104,17 @@ def factored_second_moment(
   new_row = (beta2 * v_row + (1.0 - beta2) * jnp.mean(g2, axis=plan.col_dims)).astype(dtype)
   new_col = (beta2 * v_col + (1.0 - beta2) * jnp.mean(g2, axis=plan.row_dims)).astype(dtype)
   row_mean = jnp.mean(new_row, axis=plan.row_dims_in_row_stat(), keepdims=True)
+  # Floors at the smallest normal number: an underflowing ratio or a zero statistic (eps=0 and
+  # zero gradients) would give inf, and 0 * inf = NaN. Ordinary values are not changed.
+  tiny = jnp.asarray(jnp.finfo(dtype).tiny, dtype)
   if floor is None:
-    row_factor = (new_row / row_mean) ** -0.5
-    col_factor = new_col ** -0.5
+    row_factor = jnp.maximum(new_row / row_mean, tiny) ** -0.5
+    col_factor = jnp.maximum(new_col, tiny) ** -0.5
     return new_row, new_col, (jnp.expand_dims(row_factor, plan.col_dims),
                               jnp.expand_dims(col_factor, plan.row_dims))
   v_hat = (jnp.expand_dims(new_row, plan.col_dims) * jnp.expand_dims(new_col, plan.row_dims)
            / jnp.expand_dims(jnp.maximum(row_mean, floor), plan.col_dims))
-  return new_row, new_col, (jax.lax.rsqrt(jnp.maximum(v_hat, floor * floor)),)
+  return new_row, new_col, (jax.lax.rsqrt(jnp.maximum(jnp.maximum(v_hat, floor * floor), tiny)),)
 
 
 def stats_tree(state: ScaleByFactoredRMSState) -> Any:
@@ -262,8 +273,9 @@ def scale_by_factored_rms(
         out_v.append(None)
       else:
         new_v = (beta2 * v + (1.0 - beta2) * g2).astype(dtype)
-        factors = (new_v ** -0.5 if floor is None
-                   else jax.lax.rsqrt(jnp.maximum(new_v, floor * floor)),)
+        tiny = jnp.asarray(jnp.finfo(dtype).tiny, dtype)  # see factored_second_moment
+        factors = (jnp.maximum(new_v, tiny) ** -0.5 if floor is None
+                   else jax.lax.rsqrt(jnp.maximum(jnp.maximum(new_v, floor * floor), tiny)),)
         out_r.append(None)
         out_c.append(None)
         out_v.append(new_v)

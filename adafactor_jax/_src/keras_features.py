@@ -255,7 +255,19 @@ def clip_by_global_norm(max_norm: ArrayLike) -> optax.GradientTransformationExtr
     dtype = jnp.result_type(*[_float_dtype(g.dtype) for g in leaves])
     sq = jnp.stack([jnp.sum(jnp.square(g.astype(dtype))) for g in leaves])
     norm = jnp.sqrt(jnp.sum(sq))
-    scale = max_norm * jnp.minimum(1.0 / norm, 1.0 / max_norm) + (norm - norm)
+
+    def keras_scale(_):
+      return max_norm * jnp.minimum(1.0 / norm, 1.0 / max_norm) + (norm - norm)
+
+    def rescaled(_):
+      # The squared norm overflowed (or a gradient is not finite): recompute with the
+      # gradients divided by their largest magnitude, so that finite gradients get a finite
+      # scale; a NaN or Inf gradient still gives NaN, as Keras.
+      m = jnp.max(jnp.stack([jnp.max(jnp.abs(g.astype(dtype)), initial=0.0) for g in leaves]))
+      s = jnp.sum(jnp.stack([jnp.sum(jnp.square(g.astype(dtype) / m)) for g in leaves]))
+      return jnp.minimum(1.0, (max_norm / m) / jnp.sqrt(s)) + (m - m)
+
+    scale = jax.lax.cond(jnp.isfinite(norm), keras_scale, rescaled, None)
     return jax.tree.map(lambda g: (g.astype(dtype) * scale).astype(g.dtype), updates), state
 
   return optax.GradientTransformationExtraArgs(optax.init_empty_state, update_fn)
