@@ -30,10 +30,8 @@ def random_grads(params, rng: np.random.Generator, scale: float = 1.0):
   return jax.tree.map(lambda p: jnp.asarray(scale * rng.normal(size=p.shape), p.dtype), params)
 
 
-def trajectory(tx: optax.GradientTransformation, params, steps: int, seed: int = 1,
-               grad_fn=None):
-  """Params after each of `steps` jitted steps on random (or `grad_fn`) gradients."""
-  rng = np.random.default_rng(seed)
+def run_steps(tx: optax.GradientTransformation, params, grads_list):
+  """Params after each jitted step on an explicit list of gradient trees, and the final state."""
   state = tx.init(params)
 
   @jax.jit
@@ -42,11 +40,16 @@ def trajectory(tx: optax.GradientTransformation, params, steps: int, seed: int =
     return optax.apply_updates(params, updates), state
 
   out = []
-  for _ in range(steps):
-    grads = grad_fn(params) if grad_fn is not None else random_grads(params, rng)
-    params, state = step(params, state, grads)
+  for grads in grads_list:
+    params, state = step(params, state, jax.tree.map(jnp.asarray, grads))
     out.append(params)
   return out, state
+
+
+def trajectory(tx: optax.GradientTransformation, params, steps: int, seed: int = 1):
+  """Params after each of `steps` jitted steps on random gradients, and the final state."""
+  rng = np.random.default_rng(seed)
+  return run_steps(tx, params, [random_grads(params, rng) for _ in range(steps)])
 
 
 def max_rel_diff(a, b) -> float:

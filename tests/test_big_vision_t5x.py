@@ -11,6 +11,7 @@ import optax
 import pytest
 from helpers import assert_trees_close
 from helpers import max_rel_diff
+from helpers import run_steps
 
 import adafactor_jax as af
 
@@ -21,18 +22,7 @@ MAX_SEEN: dict[str, float] = {}
 
 def run(tx, params, grads):
   """Params after each step, jitted, for an explicit list of gradient trees."""
-  state = tx.init(params)
-
-  @jax.jit
-  def step(params, state, g):
-    updates, state = tx.update(g, state, params)
-    return optax.apply_updates(params, updates), state
-
-  out = []
-  for g in grads:
-    params, state = step(params, state, g)
-    out.append(params)
-  return out
+  return run_steps(tx, params, grads)[0]
 
 
 def random_grads(params, steps=STEPS, seed=1):

@@ -20,6 +20,7 @@ import optax  # noqa: E402
 import pytest  # noqa: E402
 from helpers import assert_trees_close  # noqa: E402
 from helpers import max_rel_diff  # noqa: E402
+from helpers import run_steps  # noqa: E402
 
 import adafactor_jax as af  # noqa: E402
 from adafactor_jax._src import tree as tree_lib  # noqa: E402
@@ -63,18 +64,8 @@ def grads_seq(params, steps, seed=1, scale=1.0):
 
 
 def run_ours(tx, params, grads):
-  state = tx.init(params)
-
-  @jax.jit
-  def step(params, state, g):
-    updates, state = tx.update(g, state, params)
-    return optax.apply_updates(params, updates), state
-
-  out = []
-  for g in grads:
-    params, state = step(params, state, g)
-    out.append(params)
-  return out, af.finalize_variable_values(params, state)
+  out, state = run_steps(tx, params, grads)
+  return out, af.finalize_variable_values(out[-1], state)
 
 
 def run_keras(opt, params, grads, exclude=None):

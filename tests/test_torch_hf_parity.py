@@ -12,6 +12,7 @@ import optax
 import pytest
 from helpers import assert_trees_close
 from helpers import max_rel_diff
+from helpers import run_steps
 
 import adafactor_jax as af
 
@@ -41,19 +42,8 @@ def make_grads(seed: int = 1, steps: int = STEPS) -> list[dict]:
 
 
 def run_ours(tx: optax.GradientTransformation, params: dict, grads: list[dict]) -> list[dict]:
-  params = jax.tree.map(jnp.asarray, params)
-  state = tx.init(params)
-
-  @jax.jit
-  def step(params, state, g):
-    updates, state = tx.update(g, state, params)
-    return optax.apply_updates(params, updates), state
-
-  out = []
-  for g in grads:
-    params, state = step(params, state, jax.tree.map(jnp.asarray, g))
-    out.append(jax.tree.map(np.asarray, params))
-  return out
+  out, _ = run_steps(tx, jax.tree.map(jnp.asarray, params), grads)
+  return [jax.tree.map(np.asarray, p) for p in out]
 
 
 def run_torch(make_opt, params: dict, grads: list[dict]) -> list[dict]:
