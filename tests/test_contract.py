@@ -127,3 +127,19 @@ def test_init_on_shape_dtype_struct(name):
   shapes = jax.tree.map(lambda p: jax.ShapeDtypeStruct(p.shape, p.dtype), params)
   assert spec(tx.init(shapes)) == spec(tx.init(params))
   assert spec(jax.eval_shape(tx.init, shapes)) == spec(tx.init(params))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_apply_if_finite(name):
+  tx = optax.apply_if_finite(PRESETS[name](0.01), max_consecutive_errors=3)
+  params = params_of(jnp.float32)
+  state = tx.init(params)
+  update = jax.jit(tx.update)
+  bad = dict(grads_like(params), w=jnp.full((16, 12), jnp.nan))
+  updates, state = update(bad, state, params)
+  assert all(bool(jnp.all(u == 0)) for u in jax.tree.leaves(updates))
+  assert int(state.notfinite_count) == 1
+  updates, state = update(grads_like(params), state, params)
+  assert int(state.notfinite_count) == 0
+  assert all(bool(jnp.all(jnp.isfinite(u))) for u in jax.tree.leaves(updates))
+  assert not all(bool(jnp.all(u == 0)) for u in jax.tree.leaves(updates))
