@@ -1,5 +1,5 @@
 import os
 import sys
 
-os.environ.setdefault("KERAS_BACKEND", "jax")
+os.environ["KERAS_BACKEND"] = "jax"  # the Keras parity tests drive Keras on JAX
 sys.path.insert(0, os.path.dirname(__file__))

@@ -15,6 +15,9 @@ os.environ.setdefault("KERAS_BACKEND", "jax")
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+
+# A live reference: a missing keras (or another backend) fails the suite instead of skipping.
+import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 import pytest  # noqa: E402
@@ -25,9 +28,7 @@ from helpers import run_steps  # noqa: E402
 import adafactor_jax as af  # noqa: E402
 from adafactor_jax._src import tree as tree_lib  # noqa: E402
 
-keras = pytest.importorskip("keras")
-if keras.backend.backend() != "jax":  # pragma: no cover
-  pytest.skip("needs KERAS_BACKEND=jax", allow_module_level=True)
+assert keras.backend.backend() == "jax", "tests/conftest.py sets KERAS_BACKEND=jax"
 
 STEPS = 30
 RTOL, ATOL = 1e-5, 1e-6  # atol is scaled by each leaf's max |value| (helpers.assert_trees_close)
