@@ -56,3 +56,11 @@ def test_readme_quick_start_runs():
   assert len(quick.strip().splitlines()) <= 15
   namespace: dict = {}
   exec(compile(quick, "README quick start", "exec"), namespace)
+
+
+def test_ci_runs_the_readme_test_command_verbatim():
+  readme = (ROOT / "README.md").read_text()
+  command = next(ln.strip() for ln in readme.splitlines()
+                 if ln.strip().startswith("python3 -m venv") and "pytest" in ln)
+  ci = (ROOT / ".ci" / "run").read_text().splitlines()
+  assert command in [ln.strip() for ln in ci]
