@@ -21,6 +21,7 @@ from jax.typing import ArrayLike
 from jax.typing import DTypeLike
 
 from adafactor_jax._src import factoring
+from adafactor_jax._src import fused
 from adafactor_jax._src import tree as tree_lib
 from adafactor_jax._src import validation
 from adafactor_jax._src.factored import as_dtype
@@ -37,11 +38,23 @@ def block_rms(x: jax.Array, plan: factoring.LeafPlan, dtype: DTypeLike) -> jax.A
   return jnp.sqrt(jnp.mean(sq.astype(dtype), axis=axes, keepdims=True))
 
 
-def _plans(rules: Optional[factoring.FactorRules], tree: Any) -> list[factoring.LeafPlan]:
-  leaves = tree_util.tree_flatten_with_path(tree)[0]
+def _plans(rules: Optional[factoring.FactorRules], leaves: list[fused.Deferred],
+           ctx: fused.Context) -> list[factoring.LeafPlan]:
   if rules is None:
     return [factoring.UNFACTORED] * len(leaves)
-  return [rules.plan(tree_lib.path_str(p), x.shape) for p, x in leaves]
+  return [rules.plan(path, d.shape) for path, d in zip(ctx.paths, leaves)]
+
+
+def _divide(u, denom):
+  return (u / denom.astype(u.dtype)).astype(u.dtype)
+
+
+def _times(u, scale):
+  return (u * scale.astype(u.dtype)).astype(u.dtype)
+
+
+def _lr_times(u, lr):
+  return lr.astype(u.dtype) * u
 
 
 def _rules(factor_rule: Optional[factoring.FactorRule]) -> Optional[factoring.FactorRules]:
@@ -84,17 +97,16 @@ def clip_by_block_rms(
   validation.check_number("threshold", threshold, low=0.0, low_inclusive=False)
   rules = _rules(factor_rule)
 
-  def update_fn(updates, state, params=None, **extra_args):
-    del params, extra_args
-    leaves, treedef = jax.tree.flatten(updates)
-    out = []
-    for u, plan in zip(leaves, _plans(rules, updates)):
-      rms = block_rms(u, plan, u.dtype if u.dtype != jnp.float16 else jnp.float32)
-      denom = jnp.maximum(1.0, rms / threshold)
-      out.append((u / denom.astype(u.dtype)).astype(u.dtype))
-    return treedef.unflatten(out), state
+  def kernel(leaves, state, params, ctx):
+    del params
+    for d, plan in zip(leaves, _plans(rules, leaves, ctx)):
+      # The RMS is a reduction of the update's formula: the update itself is not stored.
+      rms = block_rms(d.value_apart(ctx), plan,
+                      d.dtype if d.dtype != jnp.float16 else jnp.float32)
+      d.then(_divide, jnp.maximum(1.0, rms / threshold))
+    return state
 
-  return optax.GradientTransformationExtraArgs(optax.init_empty_state, update_fn)
+  return fused.transformation(optax.init_empty_state, kernel)
 
 
 def scale_by_param_block_rms(
@@ -141,15 +153,12 @@ def scale_by_param_block_rms(
   rules = _rules(factor_rule)
   name = "scale_by_param_block_rms"
 
-  def update_fn(updates, state, params=None, **extra_args):
-    del extra_args
+  def kernel(leaves, state, params, ctx):
     tree_lib.require_params(name, params, "the update is scaled by the RMS of each parameter")
-    treedef = tree_lib.check_same_tree(name, params, updates, expected_name="the params")
-    out = []
-    for u, p, plan, m in zip(jax.tree.leaves(updates), treedef.flatten_up_to(params),
-                             _plans(rules, updates), resolve_mask(mask, params, treedef, name)):
+    treedef = tree_lib.check_same_tree(name, params, ctx.like(leaves), expected_name="the params")
+    for d, p, plan, m in zip(leaves, treedef.flatten_up_to(params), _plans(rules, leaves, ctx),
+                             resolve_mask(mask, params, treedef, name)):
       if isinstance(m, (bool, np.bool_)) and not m:
-        out.append(u)
         continue
       dtype = jnp.promote_types(jnp.finfo(p.dtype).dtype if jnp.iscomplexobj(p) else p.dtype,
                                 jnp.float32)
@@ -158,10 +167,10 @@ def scale_by_param_block_rms(
         scale = jnp.minimum(scale, max_scale)
       if not isinstance(m, (bool, np.bool_)):
         scale = jnp.where(m, scale, 1.0)
-      out.append((u * scale.astype(u.dtype)).astype(u.dtype))
-    return treedef.unflatten(out), state
+      d.then(_times, scale)
+    return state
 
-  return optax.GradientTransformationExtraArgs(optax.init_empty_state, update_fn)
+  return fused.transformation(optax.init_empty_state, kernel)
 
 
 class ScaleByScheduleState(NamedTuple):
@@ -204,20 +213,23 @@ def scale_by_learning_rate(
       del params
       return ScaleByScheduleState(count=jnp.zeros([], jnp.int32))
 
-    def update_fn(updates, state, params=None, **extra_args):
-      del params, extra_args
+    def kernel(leaves, state, params, ctx):
+      del params, ctx
       lr = sign * jnp.asarray(learning_rate(state.count))
-      updates = jax.tree.map(lambda u: (lr.astype(u.dtype) * u), updates)
-      return updates, ScaleByScheduleState(count=optax.safe_increment(state.count))
+      for d in leaves:
+        d.then(_lr_times, lr)
+      return ScaleByScheduleState(count=optax.safe_increment(state.count))
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return fused.transformation(init_fn, kernel)
 
-  def update_fn_const(updates, state, params=None, **extra_args):
-    del params, extra_args
+  def kernel_const(leaves, state, params, ctx):
+    del params, ctx
     lr = sign * jnp.asarray(learning_rate)
-    return jax.tree.map(lambda u: lr.astype(u.dtype) * u, updates), state
+    for d in leaves:
+      d.then(_lr_times, lr)
+    return state
 
-  return optax.GradientTransformationExtraArgs(optax.init_empty_state, update_fn_const)
+  return fused.transformation(optax.init_empty_state, kernel_const)
 
 
 def relative_step_size(
@@ -318,17 +330,23 @@ def scale_by_momentum(
     return ScaleByMomentumState(mu=jax.tree.map(
         lambda p: jnp.zeros(p.shape, accumulator_dtype or p.dtype), params))
 
-  def update_fn(updates, state, params=None, **extra_args):
-    del params, extra_args
-    treedef = tree_lib.check_same_tree("scale_by_momentum", state.mu, updates)
-    new, out = [], []
-    for u, m in zip(jax.tree.leaves(updates), treedef.flatten_up_to(state.mu)):
-      mu = (1.0 - decay) * u + decay * m
-      out.append(mu.astype(u.dtype))
-      new.append(mu.astype(m.dtype))
-    return treedef.unflatten(out), ScaleByMomentumState(mu=treedef.unflatten(new))
+  def average(u, m):
+    return (1.0 - decay) * u + decay * m
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  def kernel(leaves, state, params, ctx):
+    del params
+    treedef = tree_lib.check_same_tree("scale_by_momentum", state.mu, ctx.like(leaves))
+    new = []
+    for d, m in zip(leaves, treedef.flatten_up_to(state.mu)):
+      mu = average(d.value(), m)
+      new.append(mu.astype(m.dtype))
+      if mu.dtype == m.dtype:  # the stored average is exactly the update: read it back
+        d.fn, d.inputs = (lambda x: x.astype(d.dtype)), (new[-1],)
+      else:
+        d.then(lambda u, m: average(u, m).astype(u.dtype), m)
+    return ScaleByMomentumState(mu=treedef.unflatten(new))
+
+  return fused.transformation(init_fn, kernel)
 
 
 class AddDecayedWeightsState(NamedTuple):
@@ -399,26 +417,32 @@ def add_decayed_weights(
     del params
     return AddDecayedWeightsState(count=jnp.zeros([], jnp.int32) if scheduled else None)
 
-  def update_fn(updates, state, params=None, **extra_args):
-    del extra_args
+  def kernel(leaves, state, params, ctx):
     tree_lib.require_params(name, params, "weight decay adds a multiple of the params")
-    treedef = tree_lib.check_same_tree(name, params, updates, expected_name="the params")
+    treedef = tree_lib.check_same_tree(name, params, ctx.like(leaves), expected_name="the params")
     wd = weight_decay(state.count) if scheduled else weight_decay
-    out = []
-    for u, p, m in zip(jax.tree.leaves(updates), treedef.flatten_up_to(params),
+    for d, p, m in zip(leaves, treedef.flatten_up_to(params),
                        resolve_mask(mask, params, treedef, name)):
       rate = wd
       if param_scale_min is not None:
         rms_dtype = jnp.promote_types(p.dtype, jnp.float32)
         rate = wd * jnp.maximum(block_rms(p, factoring.UNFACTORED, rms_dtype), param_scale_min)
-      if isinstance(m, (bool, np.bool_)):
-        out.append((u + rate * p).astype(u.dtype) if m else u)
-      else:
-        out.append(jnp.where(m, u + rate * p, u).astype(u.dtype))
+      if not isinstance(m, (bool, np.bool_)):
+        d.then(_decay_where, p, rate, m)
+      elif m:
+        d.then(_decay, p, rate)
     count = optax.safe_increment(state.count) if scheduled else None
-    return treedef.unflatten(out), AddDecayedWeightsState(count=count)
+    return AddDecayedWeightsState(count=count)
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  return fused.transformation(init_fn, kernel)
+
+
+def _decay(u, p, rate):
+  return (u + rate * p).astype(u.dtype)
+
+
+def _decay_where(u, p, rate, m):
+  return jnp.where(m, u + rate * p, u).astype(u.dtype)
 
 
 def mask_by_path(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 from typing import Callable
 from typing import NamedTuple
@@ -12,11 +13,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax import tree_util
 from jax.typing import ArrayLike
 from jax.typing import DTypeLike
 
 from adafactor_jax._src import factoring
+from adafactor_jax._src import fused
 from adafactor_jax._src import tree as tree_lib
 from adafactor_jax._src import validation
 
@@ -53,21 +54,27 @@ class ScaleByFactoredRMSState(NamedTuple):
   plans: Any = None  # FactorPlans: static, no arrays (which dims each statistic keeps).
 
 
-def abs_sq(x: jax.Array, dtype: DTypeLike) -> jax.Array:
+def sq_cap(dtype: DTypeLike, size: int) -> float:
+  """The saturation value of `abs_sq` for a leaf of `size` elements."""
+  return float(jnp.finfo(dtype).max) / (2.0 * max(1, size))
+
+
+def abs_sq(x: jax.Array, dtype: DTypeLike, cap: Optional[ArrayLike] = None) -> jax.Array:
   """``|x|**2`` computed in the real dtype `dtype`, saturated so that statistics stay finite.
 
   A square that would overflow (a gradient near the dtype's maximum) is capped at
-  ``finfo(dtype).max / (2 * x.size)``, so that sums and moving averages of the squares over the
-  leaf stay finite too. Ordinary values are far below the cap and are not changed.
+  ``finfo(dtype).max / (2 * x.size)`` (`sq_cap`, or `cap` when given), so that sums and moving
+  averages of the squares over the leaf stay finite too. Ordinary values are far below the cap
+  and are not changed.
   """
-  cap = float(jnp.finfo(dtype).max) / (2.0 * max(1, x.size))
+  cap = jnp.asarray(sq_cap(dtype, x.size) if cap is None else cap, dtype)
   if jnp.iscomplexobj(x):
     x = x.astype(jnp.result_type(dtype, jnp.complex64))
     sq = (jnp.real(x) ** 2 + jnp.imag(x) ** 2).astype(dtype)
   else:
     x = x.astype(dtype)
     sq = x * x
-  return jnp.minimum(sq, jnp.asarray(cap, dtype))
+  return jnp.minimum(sq, cap)
 
 
 def as_dtype(dtype: Any) -> Optional[jnp.dtype]:
@@ -91,18 +98,20 @@ def stats_dtype_for(param_dtype: DTypeLike, stats_dtype: Optional[DTypeLike]) ->
 
 
 def factored_second_moment(
-    g2: jax.Array, v_row: jax.Array, v_col: jax.Array, beta2: jax.Array,
-    plan: factoring.LeafPlan, floor: Optional[jax.Array] = None,
-) -> tuple[jax.Array, jax.Array, tuple[jax.Array, ...]]:
-  """New row and column statistics, and the factors whose product is the rsqrt of the rank-1
-  estimate (broadcastable to the leaf; multiplied into the gradient in this order, as optax).
+    row_mean_sq: jax.Array, col_mean_sq: jax.Array, v_row: jax.Array, v_col: jax.Array,
+    beta2: jax.Array, plan: factoring.LeafPlan, floor: Optional[jax.Array] = None,
+) -> tuple[jax.Array, jax.Array, Callable[..., jax.Array], tuple[jax.Array, ...]]:
+  """New row and column statistics from the means of the squared gradient over the col dims
+  (`row_mean_sq`) and over the row dims (`col_mean_sq`), and the rsqrt of the rank-1 estimate
+  as ``scale(u, *factors)``: small factors, broadcastable to the leaf, and the elementwise
+  function that applies them (multiplied into the gradient in this order, as optax).
 
   With ``floor`` (PyTorch's clamped epsilon) the mean of the row statistic is clamped to at least
-  ``floor`` and the estimate to at least ``floor**2`` before the rsqrt (a single factor).
+  ``floor`` and the estimate to at least ``floor**2`` before the rsqrt.
   """
   dtype = v_row.dtype
-  new_row = (beta2 * v_row + (1.0 - beta2) * jnp.mean(g2, axis=plan.col_dims)).astype(dtype)
-  new_col = (beta2 * v_col + (1.0 - beta2) * jnp.mean(g2, axis=plan.row_dims)).astype(dtype)
+  new_row = (beta2 * v_row + (1.0 - beta2) * row_mean_sq).astype(dtype)
+  new_col = (beta2 * v_col + (1.0 - beta2) * col_mean_sq).astype(dtype)
   row_mean = jnp.mean(new_row, axis=plan.row_dims_in_row_stat(), keepdims=True)
   # Floors at the smallest normal number: an underflowing ratio or a zero statistic (eps=0 and
   # zero gradients) would give inf, and 0 * inf = NaN. Ordinary values are not changed.
@@ -110,11 +119,38 @@ def factored_second_moment(
   if floor is None:
     row_factor = jnp.maximum(new_row / row_mean, tiny) ** -0.5
     col_factor = jnp.maximum(new_col, tiny) ** -0.5
-    return new_row, new_col, (jnp.expand_dims(row_factor, plan.col_dims),
-                              jnp.expand_dims(col_factor, plan.row_dims))
-  v_hat = (jnp.expand_dims(new_row, plan.col_dims) * jnp.expand_dims(new_col, plan.row_dims)
-           / jnp.expand_dims(jnp.maximum(row_mean, floor), plan.col_dims))
-  return new_row, new_col, (jax.lax.rsqrt(jnp.maximum(jnp.maximum(v_hat, floor * floor), tiny)),)
+    return new_row, new_col, _times_factors, (jnp.expand_dims(row_factor, plan.col_dims),
+                                              jnp.expand_dims(col_factor, plan.row_dims))
+  return new_row, new_col, _times_clamped_estimate, (
+      jnp.expand_dims(new_row, plan.col_dims), jnp.expand_dims(new_col, plan.row_dims),
+      jnp.expand_dims(jnp.maximum(row_mean, floor), plan.col_dims), floor * floor, tiny)
+
+
+def _times_factors(u: jax.Array, *factors: jax.Array) -> jax.Array:
+  for factor in factors:
+    u = u * factor
+  return u
+
+
+def _times_clamped_estimate(u, row, col, row_mean, floor_sq, tiny):
+  """``u`` times PyTorch's rsqrt of the clamped rank-1 estimate, computed elementwise."""
+  v_hat = row * col / row_mean
+  return u * jax.lax.rsqrt(jnp.maximum(jnp.maximum(v_hat, floor_sq), tiny))
+
+
+def _times_rsqrt(u, v, tiny):
+  return u * jnp.maximum(v, tiny) ** -0.5
+
+
+def _times_clamped_rsqrt(u, v, floor_sq, tiny):
+  return u * jax.lax.rsqrt(jnp.maximum(jnp.maximum(v, floor_sq), tiny))
+
+
+def _apart_call(fn, d, ctx, *scalars):
+  """``fn(update, *scalars)`` on inputs XLA cannot share with other uses (see `fused`)."""
+  z = ctx.zero()
+  x = d.fn(*[ctx.offset(a, z) for a in d.inputs])
+  return fn(x, *[None if a is None else ctx.offset(a, z) for a in scalars])
 
 
 def stats_tree(state: ScaleByFactoredRMSState) -> Any:
@@ -242,53 +278,61 @@ def scale_by_factored_rms(
         v=treedef.unflatten(v),
         plans=FactorPlans(tuple(plans)))
 
-  def update_fn(updates, state, params=None, **extra_args):
-    del params, extra_args
-    treedef = tree_lib.check_same_tree(name, stats_tree(state), updates)
+  def kernel(leaves, state, params, ctx):
+    del params
+    treedef = tree_lib.check_same_tree(name, stats_tree(state), ctx.like(leaves))
     rows = treedef.flatten_up_to(state.v_row)
     cols = treedef.flatten_up_to(state.v_col)
     vs = treedef.flatten_up_to(state.v)
     step = jnp.maximum(state.count - step_offset, 0)
     beta2 = jnp.asarray(decay_rate_fn(step, decay_rate), jnp.float32)
-    out_u, out_r, out_c, out_v = [], [], [], []
-    for (path, g), r, c, v in zip(tree_util.tree_flatten_with_path(updates)[0], rows, cols, vs):
-      plan = rules.plan(tree_lib.path_str(path), g.shape)
+    out_r, out_c, out_v = [], [], []
+    for path, d, r, c, v in zip(ctx.paths, leaves, rows, cols, vs):
+      plan = rules.plan(path, d.shape)
       ref = r if plan.factored else v
-      if ref is None or (plan.factored and (r.shape != plan.row_shape(g.shape)
-                                            or c.shape != plan.col_shape(g.shape))) or (
-                                                not plan.factored and v.shape != g.shape):
+      if ref is None or (plan.factored and (r.shape != plan.row_shape(d.shape)
+                                            or c.shape != plan.col_shape(d.shape))) or (
+                                                not plan.factored and v.shape != d.shape):
         raise ValueError(
-            f"{name}: the leaf {tree_lib.path_str(path)!r} of shape {g.shape} does not match the "
+            f"{name}: the leaf {path!r} of shape {d.shape} does not match the "
             "statistics in the state (was the state built for other params?).")
       dtype = ref.dtype
+      cap = jnp.asarray(sq_cap(dtype, math.prod(d.shape)), dtype)
       if epsilon_mode == "add":
-        g2, floor = abs_sq(g, dtype) + jnp.asarray(epsilon, dtype), None
+        eps, floor = jnp.asarray(epsilon, dtype), None
       else:  # PyTorch: None is resolved per leaf, from this leaf's dtype.
-        eps = jnp.finfo(g.dtype).eps if epsilon is None else epsilon
-        g2, floor = abs_sq(g, dtype), jnp.asarray(eps, dtype)
+        eps = None
+        floor = jnp.asarray(jnp.finfo(d.dtype).eps if epsilon is None else epsilon, dtype)
+
+      def sq(x, cap, eps, dtype=dtype):
+        g2 = abs_sq(x, dtype, cap)
+        return g2 if eps is None else g2 + eps
+
       if plan.factored:
-        new_r, new_c, factors = factored_second_moment(g2, r, c, beta2, plan, floor)
+        # Each mean reads the gradient on its own (see `fused`): no full-size g**2 is shared.
+        row_sq = jnp.mean(_apart_call(sq, d, ctx, cap, eps), axis=plan.col_dims)
+        col_sq = jnp.mean(_apart_call(sq, d, ctx, cap, eps), axis=plan.row_dims)
+        new_r, new_c, scale, factors = factored_second_moment(row_sq, col_sq, r, c, beta2, plan,
+                                                              floor)
         out_r.append(new_r)
         out_c.append(new_c)
         out_v.append(None)
       else:
-        new_v = (beta2 * v + (1.0 - beta2) * g2).astype(dtype)
+        new_v = (beta2 * v + (1.0 - beta2) * sq(d.value(), cap, eps)).astype(dtype)
         tiny = jnp.asarray(jnp.finfo(dtype).tiny, dtype)  # see factored_second_moment
-        factors = (jnp.maximum(new_v, tiny) ** -0.5 if floor is None
-                   else jax.lax.rsqrt(jnp.maximum(jnp.maximum(new_v, floor * floor), tiny)),)
+        scale, factors = ((_times_rsqrt, (new_v, tiny)) if floor is None else
+                          (_times_clamped_rsqrt, (new_v, floor * floor, tiny)))
         out_r.append(None)
         out_c.append(None)
         out_v.append(new_v)
-      u = g.astype(jnp.result_type(g.dtype, dtype))
-      for factor in factors:
-        u = u * factor
-      out_u.append(u.astype(g.dtype))
-    new_state = ScaleByFactoredRMSState(
+      work = jnp.result_type(d.dtype, dtype)
+      d.then(lambda u, *f, work=work, scale=scale: scale(u.astype(work), *f).astype(u.dtype),
+             *factors)
+    return ScaleByFactoredRMSState(
         count=optax.safe_increment(state.count),
         v_row=treedef.unflatten(out_r),
         v_col=treedef.unflatten(out_c),
         v=treedef.unflatten(out_v),
         plans=state.plans)
-    return treedef.unflatten(out_u), new_state
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  return fused.transformation(init_fn, kernel)

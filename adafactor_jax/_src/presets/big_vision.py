@@ -11,6 +11,7 @@ from jax.typing import ArrayLike
 from jax.typing import DTypeLike
 
 from adafactor_jax._src import blocks
+from adafactor_jax._src import fused
 from adafactor_jax._src import validation
 from adafactor_jax._src.config import preset
 from adafactor_jax._src.factored import decay_rate_pow
@@ -133,4 +134,4 @@ def big_vision_adafactor(
   if weight_decay is not None:
     tx.append(blocks.add_decayed_weights(weight_decay, weight_decay_mask))
   tx.append(blocks.scale_by_learning_rate(1.0))  # descent: flip the sign
-  return optax.chain(*tx)
+  return fused.chain(*tx)

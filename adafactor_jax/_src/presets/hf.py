@@ -10,6 +10,7 @@ import optax
 from jax.typing import ArrayLike
 
 from adafactor_jax._src import blocks
+from adafactor_jax._src import fused
 from adafactor_jax._src import validation
 from adafactor_jax._src.config import preset
 from adafactor_jax._src.factored import scale_by_factored_rms
@@ -139,4 +140,4 @@ def hf_adafactor(
     tx.append(blocks.add_decayed_weights(
         decay, param_scale_min=eps2 if scale_parameter else None))
   tx.append(blocks.scale_by_learning_rate(1.0))  # descent: flip the sign
-  return optax.chain(*tx)
+  return fused.chain(*tx)

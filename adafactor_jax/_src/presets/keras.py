@@ -26,6 +26,7 @@ from jax.typing import ArrayLike
 from jax.typing import DTypeLike
 
 from adafactor_jax._src import blocks
+from adafactor_jax._src import fused
 from adafactor_jax._src import keras_features as kf
 from adafactor_jax._src import validation
 from adafactor_jax._src.adadelta import scale_by_adadelta
@@ -105,7 +106,7 @@ def _keras_base(core, *, learning_rate, weight_decay, clipnorm, clipvalue, globa
     core = kf.with_decoupled_weight_decay(core, weight_decay, _per_update(learning_rate, k),
                                           mask=_weight_decay_mask(exclude_from_weight_decay))
   inner.append(core)
-  inner_tx = inner[0] if len(inner) == 1 else optax.chain(*inner)
+  inner_tx = inner[0] if len(inner) == 1 else fused.chain(*inner)
   tx: list[Any] = []
   if loss_scale_factor is not None:
     tx.append(kf.static_loss_scale(loss_scale_factor))
@@ -114,7 +115,7 @@ def _keras_base(core, *, learning_rate, weight_decay, clipnorm, clipvalue, globa
   if use_ema:
     tx.append(kf.ema_params(ema_momentum, ema_overwrite_frequency,
                             gradient_accumulation_steps=k, dtype=stats_dtype))
-  return optax.chain(*tx)
+  return fused.chain(*tx)
 
 
 @preset
@@ -254,7 +255,7 @@ def keras_adafactor(
   del relative_step  # Keras ignores it too (always min(lr, 1/sqrt(t))).
   lr = _per_update(learning_rate, gradient_accumulation_steps)
   stats_dtype = as_dtype(stats_dtype)
-  core = optax.chain(
+  core = fused.chain(
       scale_by_factored_rms(factored=True, decay_rate=-beta_2_decay, min_dim_size_to_factor=0,
                             epsilon=epsilon_1, factor_rule="last", stats_dtype=stats_dtype),
       blocks.clip_by_block_rms(clip_threshold),
@@ -360,7 +361,7 @@ def keras_adadelta(
   validation.check_number("epsilon", epsilon, low=0.0)
   lr = _per_update(learning_rate, gradient_accumulation_steps)
   stats_dtype = as_dtype(stats_dtype)
-  core = optax.chain(scale_by_adadelta(rho, epsilon, stats_dtype=stats_dtype),
+  core = fused.chain(scale_by_adadelta(rho, epsilon, stats_dtype=stats_dtype),
                      blocks.scale_by_learning_rate(lr))
   return _keras_base(
       core, learning_rate=learning_rate, weight_decay=weight_decay, clipnorm=clipnorm,

@@ -17,6 +17,7 @@ from jax.typing import DTypeLike
 
 from adafactor_jax._src import blocks
 from adafactor_jax._src import factoring
+from adafactor_jax._src import fused
 from adafactor_jax._src import validation
 from adafactor_jax._src.adadelta import scale_by_adadelta
 from adafactor_jax._src.config import preset
@@ -188,7 +189,7 @@ def adafactor(
   if weight_decay_rate is not None:
     tx.append(blocks.add_decayed_weights(weight_decay_rate, weight_decay_mask))
   tx.append(blocks.scale_by_learning_rate(1.0))  # descent: flip the sign
-  return optax.chain(*tx)
+  return fused.chain(*tx)
 
 
 def _is_on(x: Any) -> bool:
@@ -277,4 +278,4 @@ def adadelta(
     tx.append(blocks.add_decayed_weights(weight_decay, weight_decay_mask))
   tx.append(scale_by_adadelta(rho, eps, stats_dtype=stats_dtype))
   tx.append(blocks.scale_by_learning_rate(1.0 if learning_rate is None else learning_rate))
-  return optax.chain(*tx)
+  return fused.chain(*tx)

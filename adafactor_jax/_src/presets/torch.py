@@ -12,6 +12,7 @@ from jax.typing import ArrayLike
 from jax.typing import DTypeLike
 
 from adafactor_jax._src import blocks
+from adafactor_jax._src import fused
 from adafactor_jax._src import validation
 from adafactor_jax._src.config import preset
 from adafactor_jax._src.factored import scale_by_factored_rms
@@ -124,4 +125,4 @@ def torch_adafactor(
     decay = (lambda count: lr(count) * weight_decay) if callable(lr) else lr * weight_decay
     tx.append(blocks.add_decayed_weights(decay))
   tx.append(blocks.scale_by_learning_rate(1.0))  # descent: flip the sign
-  return optax.chain(*tx)
+  return fused.chain(*tx)

@@ -1,0 +1,158 @@
+"""The fast path: a chain of the building blocks computes each leaf's update in one final pass.
+
+Every building block is written once, as a *kernel* over `Deferred` leaves: a leaf's update is
+kept as a formula (a function of a few arrays: the gradient, factors, the param, the momentum)
+rather than an array. A block that scales the update only extends the formula; a block that
+needs a reduction of it (the update RMS of `clip_by_block_rms`) evaluates the formula inside
+that reduction. The full-size update is computed once, at the end, where XLA fuses it with
+``optax.apply_updates``. Used alone (or in ``optax.chain``), a block evaluates its formula at
+the end of its own update, which is the same arithmetic, op for op.
+
+Two details keep XLA from materialising full-size temporaries on the CPU (its reduction
+fusions take a shared operand as a buffer): each reduction evaluates its formula on inputs
+offset by an exact zero that XLA cannot prove to be zero (``min(count, 0)`` times a distinct
+factor), so that common subexpressions are not merged across the row sums, the column sums,
+the update RMS and the final pass; and state buffers are written in the same pass that reads
+their old values.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+from typing import Callable
+from typing import Iterator
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax import tree_util
+
+from adafactor_jax._src import tree as tree_lib
+
+Kernel = Callable[[list["Deferred"], Any, Any, "Context"], Any]
+
+_ENABLED = [True]
+
+
+@contextlib.contextmanager
+def disabled() -> Iterator[None]:
+  """Within this context (at trace time), chains run block by block, as ``optax.chain``."""
+  _ENABLED.append(False)
+  try:
+    yield
+  finally:
+    _ENABLED.pop()
+
+
+class Deferred:
+  """One leaf's update as ``fn(*inputs)``, not yet computed (shape and dtype are known)."""
+
+  __slots__ = ("fn", "inputs", "shape", "dtype")
+
+  def __init__(self, x: jax.Array):
+    self.fn: Callable[..., jax.Array] = lambda x: x
+    self.inputs: tuple = (x,)
+    self.shape = tuple(x.shape)
+    self.dtype = x.dtype
+
+  def then(self, f: Callable[..., jax.Array], *args: Any) -> None:
+    """The update becomes ``f(update, *args)``; `f` must keep its shape and dtype."""
+    fn, k = self.fn, len(self.inputs)
+    self.fn = lambda *xs: f(fn(*xs[:k]), *xs[k:])
+    self.inputs = self.inputs + args
+
+  def value(self) -> jax.Array:
+    return self.fn(*self.inputs)
+
+  def value_apart(self, ctx: "Context") -> jax.Array:
+    """The value, computed from inputs that XLA cannot identify with any other use of them."""
+    z = ctx.zero()
+    return self.fn(*[ctx.offset(x, z) for x in self.inputs])
+
+  @property
+  def aval(self) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct(self.shape, self.dtype)
+
+
+class Context:
+  """What kernels share in one update: the updates' tree, key paths, extra args, the zeros."""
+
+  def __init__(self, updates: Any, state: Any, extra_args: dict):
+    flat, self.treedef = tree_util.tree_flatten_with_path(updates)
+    self.paths = [tree_lib.path_str(p) for p, _ in flat]
+    self.extra_args = extra_args
+    ints = [x for x in jax.tree.leaves(state)
+            if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.integer) and x.ndim == 0]
+    # A zero only known at run time: the step counter is never negative.
+    self._base = jnp.minimum(ints[0], 0) if ints else None
+    self._n = 0
+
+  def like(self, leaves: list[Deferred]) -> Any:
+    """The updates' tree with a `jax.ShapeDtypeStruct` per leaf (for tree and shape checks)."""
+    return self.treedef.unflatten([d.aval for d in leaves])
+
+  def zero(self) -> Optional[jax.Array]:
+    self._n += 1
+    return None if self._base is None else (self._base * self._n).astype(jnp.float32)
+
+  @staticmethod
+  def offset(x: Any, z: Optional[jax.Array]) -> Any:
+    """`x + z` for floating (non-weak) arrays, exact: only -0.0 becomes +0.0."""
+    if z is None or not isinstance(x, jax.Array) or not jnp.issubdtype(x.dtype, jnp.inexact):
+      return x
+    if jax.typeof(x).weak_type:
+      return x
+    return x + z.astype(x.dtype)
+
+  def finish(self, leaves: list[Deferred]) -> Any:
+    return self.treedef.unflatten([d.value() for d in leaves])
+
+
+def transformation(init_fn: Callable[[Any], Any],
+                   kernel: Kernel) -> optax.GradientTransformationExtraArgs:
+  """A building block from its kernel: used alone it computes its updates at once."""
+
+  def update_fn(updates, state, params=None, **extra_args):
+    ctx = Context(updates, state, extra_args)
+    leaves = [Deferred(x) for x in ctx.treedef.flatten_up_to(updates)]
+    new_state = kernel(leaves, state, params, ctx)
+    return ctx.finish(leaves), new_state
+
+  update_fn.fused = kernel
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def chain(*transforms: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
+  """``optax.chain`` (same state, same numbers to float rounding) that defers every leaf's
+  update to one final pass across the blocks that have kernels.
+
+  A transformation without a kernel (any optax one) is run as in ``optax.chain``, on updates
+  computed up to that point.
+  """
+  base = optax.chain(*transforms)
+  kernels = [getattr(t.update, "fused", None) for t in transforms]
+
+  def kernel(leaves, state, params, ctx):
+    new_state = []
+    for t, k, s in zip(transforms, kernels, state):
+      if k is None:
+        t = optax.with_extra_args_support(t)
+        updates, s = t.update(ctx.finish(leaves), s, params, **ctx.extra_args)
+        leaves[:] = [Deferred(x) for x in ctx.treedef.flatten_up_to(updates)]
+      else:
+        s = k(leaves, s, params, ctx)
+      new_state.append(s)
+    return tuple(new_state)
+
+  def update_fn(updates, state, params=None, **extra_args):
+    if not _ENABLED[-1]:
+      return base.update(updates, state, params, **extra_args)
+    ctx = Context(updates, state, extra_args)
+    leaves = [Deferred(x) for x in ctx.treedef.flatten_up_to(updates)]
+    new_state = kernel(leaves, state, params, ctx)
+    return ctx.finish(leaves), new_state
+
+  update_fn.fused = kernel
+  return optax.GradientTransformationExtraArgs(base.init, update_fn)
