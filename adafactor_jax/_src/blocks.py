@@ -101,7 +101,7 @@ def clip_by_block_rms(
     del params
     for d, plan in zip(leaves, _plans(rules, leaves, ctx)):
       # The RMS is a reduction of the update's formula: the update itself is not stored.
-      rms = block_rms(d.value_apart(ctx), plan,
+      rms = block_rms(d.value_apart("rms"), plan,
                       d.dtype if d.dtype != jnp.float16 else jnp.float32)
       d.then(_divide, jnp.maximum(1.0, rms / threshold))
     return state

@@ -9,11 +9,13 @@ that reduction. The full-size update is computed once, at the end, where XLA fus
 the end of its own update, which is the same arithmetic, op for op.
 
 Two details keep XLA from materialising full-size temporaries on the CPU (its reduction
-fusions take a shared operand as a buffer): each reduction evaluates its formula on inputs
-offset by an exact zero that XLA cannot prove to be zero (``min(count, 0)`` times a distinct
-factor), so that common subexpressions are not merged across the row sums, the column sums,
-the update RMS and the final pass; and state buffers are written in the same pass that reads
-their old values.
+fusions take an operand shared with another fusion as a buffer): each reduction evaluates its
+formula on inputs offset by an exact zero that XLA cannot prove to be zero, so that common
+subexpressions are not merged across the row sums, the column sums, the update RMS and the
+final pass. The zero is ``min(s, 0)`` for the first element ``s >= 0`` of the leaf's own
+statistics (times a distinct factor per kind of reduction): distinct per leaf, so that leaves of
+equal shape share no broadcast either, and computed the same way for every leaf, so that XLA
+compiles one fusion for all leaves of a shape.
 """
 
 from __future__ import annotations
@@ -49,13 +51,16 @@ def disabled() -> Iterator[None]:
 class Deferred:
   """One leaf's update as ``fn(*inputs)``, not yet computed (shape and dtype are known)."""
 
-  __slots__ = ("fn", "inputs", "shape", "dtype")
+  __slots__ = ("fn", "inputs", "shape", "dtype", "seed")
 
   def __init__(self, x: jax.Array):
     self.fn: Callable[..., jax.Array] = lambda x: x
     self.inputs: tuple = (x,)
     self.shape = tuple(x.shape)
     self.dtype = x.dtype
+    # A float32 zero that XLA cannot fold, distinct for this leaf (see the module docstring);
+    # None until a block with per-leaf state provides one.
+    self.seed: Optional[jax.Array] = None
 
   def then(self, f: Callable[..., jax.Array], *args: Any) -> None:
     """The update becomes ``f(update, *args)``; `f` must keep its shape and dtype."""
@@ -66,45 +71,61 @@ class Deferred:
   def value(self) -> jax.Array:
     return self.fn(*self.inputs)
 
-  def value_apart(self, ctx: "Context") -> jax.Array:
-    """The value, computed from inputs that XLA cannot identify with any other use of them."""
-    z = ctx.zero()
-    return self.fn(*[ctx.offset(x, z) for x in self.inputs])
+  def zero(self, purpose: str) -> Optional[jax.Array]:
+    """This leaf's opaque zero for reductions of kind `purpose` (None: no seed)."""
+    if self.seed is None:
+      return None
+    if purpose not in _PURPOSES:
+      _PURPOSES[purpose] = float(len(_PURPOSES) + 1)
+    return self.seed * _PURPOSES[purpose]
+
+  def value_apart(self, purpose: str) -> jax.Array:
+    """The value, computed from inputs that XLA cannot identify with their other uses."""
+    z = self.zero(purpose)
+    return self.fn(*[offset(x, z) for x in self.inputs])
 
   @property
   def aval(self) -> jax.ShapeDtypeStruct:
     return jax.ShapeDtypeStruct(self.shape, self.dtype)
 
 
-class Context:
-  """What kernels share in one update: the updates' tree, key paths, extra args, the zeros."""
+_PURPOSES: dict[str, float] = {}
 
-  def __init__(self, updates: Any, state: Any, extra_args: dict):
+
+# Leaves smaller than this are not worth it: their temporaries are small, and each offset is one
+# more fusion to compile (trees of thousands of small leaves compile faster without).
+MIN_SIZE_APART = 1 << 16
+
+
+def seed_from(stat: jax.Array, leaf_size: int) -> Optional[jax.Array]:
+  """An exact zero XLA cannot fold: ``min(s, 0)`` for the first element of a statistic that is
+  never negative (NaN stays NaN, as the statistic would make the update anyway); None for a
+  leaf smaller than `MIN_SIZE_APART`."""
+  if stat.size == 0 or leaf_size < MIN_SIZE_APART:
+    return None
+  return jnp.minimum(stat.reshape(-1)[0].astype(jnp.float32), 0.0)
+
+
+def offset(x: Any, z: Optional[jax.Array]) -> Any:
+  """`x + z` for floating (non-weak) arrays, exact: only -0.0 becomes +0.0."""
+  if z is None or not isinstance(x, jax.Array) or not jnp.issubdtype(x.dtype, jnp.inexact):
+    return x
+  if jax.typeof(x).weak_type:
+    return x
+  return x + z.astype(x.dtype)
+
+
+class Context:
+  """What kernels share in one update: the updates' tree, key paths and extra args."""
+
+  def __init__(self, updates: Any, extra_args: dict):
     flat, self.treedef = tree_util.tree_flatten_with_path(updates)
     self.paths = [tree_lib.path_str(p) for p, _ in flat]
     self.extra_args = extra_args
-    ints = [x for x in jax.tree.leaves(state)
-            if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.integer) and x.ndim == 0]
-    # A zero only known at run time: the step counter is never negative.
-    self._base = jnp.minimum(ints[0], 0) if ints else None
-    self._n = 0
 
   def like(self, leaves: list[Deferred]) -> Any:
     """The updates' tree with a `jax.ShapeDtypeStruct` per leaf (for tree and shape checks)."""
     return self.treedef.unflatten([d.aval for d in leaves])
-
-  def zero(self) -> Optional[jax.Array]:
-    self._n += 1
-    return None if self._base is None else (self._base * self._n).astype(jnp.float32)
-
-  @staticmethod
-  def offset(x: Any, z: Optional[jax.Array]) -> Any:
-    """`x + z` for floating (non-weak) arrays, exact: only -0.0 becomes +0.0."""
-    if z is None or not isinstance(x, jax.Array) or not jnp.issubdtype(x.dtype, jnp.inexact):
-      return x
-    if jax.typeof(x).weak_type:
-      return x
-    return x + z.astype(x.dtype)
 
   def finish(self, leaves: list[Deferred]) -> Any:
     return self.treedef.unflatten([d.value() for d in leaves])
@@ -115,7 +136,7 @@ def transformation(init_fn: Callable[[Any], Any],
   """A building block from its kernel: used alone it computes its updates at once."""
 
   def update_fn(updates, state, params=None, **extra_args):
-    ctx = Context(updates, state, extra_args)
+    ctx = Context(updates, extra_args)
     leaves = [Deferred(x) for x in ctx.treedef.flatten_up_to(updates)]
     new_state = kernel(leaves, state, params, ctx)
     return ctx.finish(leaves), new_state
@@ -149,7 +170,7 @@ def chain(*transforms: optax.GradientTransformation) -> optax.GradientTransforma
   def update_fn(updates, state, params=None, **extra_args):
     if not _ENABLED[-1]:
       return base.update(updates, state, params, **extra_args)
-    ctx = Context(updates, state, extra_args)
+    ctx = Context(updates, extra_args)
     leaves = [Deferred(x) for x in ctx.treedef.flatten_up_to(updates)]
     new_state = kernel(leaves, state, params, ctx)
     return ctx.finish(leaves), new_state
