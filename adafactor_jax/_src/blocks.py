@@ -53,6 +53,10 @@ def _times(u, scale):
   return (u * scale.astype(u.dtype)).astype(u.dtype)
 
 
+def _divide_times(u, denom, mult):
+  return (u / denom.astype(u.dtype)) * mult.astype(u.dtype)
+
+
 def _lr_times(u, lr):
   return lr.astype(u.dtype) * u
 
@@ -104,6 +108,32 @@ def clip_by_block_rms(
       rms = block_rms(d.value_apart("rms"), plan,
                       d.dtype if d.dtype != jnp.float16 else jnp.float32)
       d.then(_divide, jnp.maximum(1.0, rms / threshold))
+    return state
+
+  return fused.transformation(optax.init_empty_state, kernel)
+
+
+def clip_by_global_norm_fused(max_norm: ArrayLike) -> optax.GradientTransformationExtraArgs:
+  """``optax.clip_by_global_norm`` (the same arithmetic) as a kernel: in a `fused.chain` the
+  global norm is a reduction of each leaf's update formula, and the clipped updates are not
+  stored."""
+
+  def square(x):  # optax's tree norm squares real and imaginary parts
+    return jnp.square(x.real) + jnp.square(x.imag)
+
+  def kernel(leaves, state, params, ctx):
+    del params, ctx
+    sq_norm = 0
+    for d in leaves:
+      sq_norm = sq_norm + jnp.sum(square(d.value_apart("global_norm")))
+    g_norm = jnp.array(jnp.sqrt(sq_norm))
+    trigger = jnp.squeeze(g_norm < max_norm)
+    # optax's select(trigger, t, (t / g_norm) * max_norm) as (t / 1) * 1 or (t / g_norm) *
+    # max_norm (the same numbers): a select would be computed into a buffer for each reduction.
+    denom = jnp.where(trigger, jnp.float32(1), g_norm)
+    mult = jnp.where(trigger, jnp.float32(1), jnp.asarray(max_norm, jnp.float32))
+    for d in leaves:
+      d.then(_divide_times, denom, mult)
     return state
 
   return fused.transformation(optax.init_empty_state, kernel)

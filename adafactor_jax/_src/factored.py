@@ -298,6 +298,7 @@ def scale_by_factored_rms(
             f"{name}: the leaf {path!r} of shape {d.shape} does not match the "
             "statistics in the state (was the state built for other params?).")
       dtype = ref.dtype
+      d.seed = fused.seed_from(d)
       cap = jnp.asarray(sq_cap(dtype, math.prod(d.shape)), dtype)
       if epsilon_mode == "add":
         eps, floor = jnp.asarray(epsilon, dtype), None
@@ -310,7 +311,6 @@ def scale_by_factored_rms(
         return g2 if eps is None else g2 + eps
 
       if plan.factored:
-        d.seed = fused.seed_from(c, math.prod(d.shape))
         # Each mean reads the gradient on its own (see `fused`): no full-size g**2 is shared.
         row_sq = jnp.mean(_apart_call(sq, d, "row", cap, eps), axis=plan.col_dims)
         col_sq = jnp.mean(_apart_call(sq, d, "col", cap, eps), axis=plan.row_dims)
@@ -321,9 +321,6 @@ def scale_by_factored_rms(
         out_v.append(None)
       else:
         new_v = (beta2 * v + (1.0 - beta2) * sq(d.value(), cap, eps)).astype(dtype)
-        # (from the new statistic: reading the old one after the new one overwrites it in place
-        # would make XLA copy it first)
-        d.seed = fused.seed_from(new_v, new_v.size)
         tiny = jnp.asarray(jnp.finfo(dtype).tiny, dtype)  # see factored_second_moment
         scale, factors = ((_times_rsqrt, (new_v, tiny)) if floor is None else
                           (_times_clamped_rsqrt, (new_v, floor * floor, tiny)))

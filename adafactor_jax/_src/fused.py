@@ -12,8 +12,8 @@ Two details keep XLA from materialising full-size temporaries on the CPU (its re
 fusions take an operand shared with another fusion as a buffer): each reduction evaluates its
 formula on inputs offset by an exact zero that XLA cannot prove to be zero, so that common
 subexpressions are not merged across the row sums, the column sums, the update RMS and the
-final pass. The zero is ``min(s, 0)`` for the first element ``s >= 0`` of the leaf's own
-statistics (times a distinct factor per kind of reduction): distinct per leaf, so that leaves of
+final pass. The zero is ``min(|g|, 0)`` for the first element of the leaf's gradient (times
+a distinct factor per kind of reduction): distinct per leaf, so that leaves of
 equal shape share no broadcast either, and computed the same way for every leaf, so that XLA
 compiles one fusion for all leaves of a shape.
 """
@@ -97,13 +97,16 @@ _PURPOSES: dict[str, float] = {}
 MIN_SIZE_APART = 1 << 16
 
 
-def seed_from(stat: jax.Array, leaf_size: int) -> Optional[jax.Array]:
-  """An exact zero XLA cannot fold: ``min(s, 0)`` for the first element of a statistic that is
-  never negative (NaN stays NaN, as the statistic would make the update anyway); None for a
-  leaf smaller than `MIN_SIZE_APART`."""
-  if stat.size == 0 or leaf_size < MIN_SIZE_APART:
+def seed_from(d: "Deferred") -> Optional[jax.Array]:
+  """An exact zero XLA cannot fold, for leaf `d`: ``min(|g|, 0)`` for the first element of the
+  leaf's first input (the gradient). NaN stays NaN, which makes the update NaN anyway; the
+  gradient is not a buffer the step overwrites, so reading it never makes XLA copy one. None
+  for a leaf smaller than `MIN_SIZE_APART`."""
+  g = d.inputs[0]
+  if g.size == 0 or g.size < MIN_SIZE_APART:
     return None
-  return jnp.minimum(stat.reshape(-1)[0].astype(jnp.float32), 0.0)
+  first = g.reshape(-1)[0]
+  return jnp.minimum(jnp.abs(first).astype(jnp.float32), 0.0)
 
 
 def offset(x: Any, z: Optional[jax.Array]) -> Any:

@@ -173,7 +173,7 @@ def adafactor(
   block_rule = rules if rules.patterns else None
   tx: list[Any] = []
   if global_norm_clip_threshold is not None:
-    tx.append(optax.clip_by_global_norm(global_norm_clip_threshold))
+    tx.append(blocks.clip_by_global_norm_fused(global_norm_clip_threshold))
   tx.append(scale_by_factored_rms(
       factored, decay_rate, decay_offset, min_dim_size_to_factor, eps,
       factor_rule=rules, stats_dtype=stats_dtype))

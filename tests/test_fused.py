@@ -1,0 +1,156 @@
+"""The fast path: presets run their building blocks through `fused.chain`, which defers each
+leaf's update to one final pass. It must change no numbers (against the same blocks run one by
+one, as ``optax.chain`` does) and must leave no full-size temporaries in the compiled step."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from helpers import assert_trees_close
+from helpers import mixed_tree
+from helpers import trajectory
+from presets import PRESETS
+from test_optax_parity import CASES
+
+import adafactor_jax as af
+from adafactor_jax._src import blocks
+from adafactor_jax._src import fused
+
+STEPS = 8
+RTOL, ATOL = 1e-6, 1e-6  # the issue's rtol; atol of the leaf's scale for elements near zero
+
+
+def block_by_block(tx, params, steps, seed=1):
+  with fused.disabled():
+    return trajectory(tx, params, steps, seed)
+
+
+def test_disabled_runs_blocks_one_by_one():
+  """The reference is really the unfused chain: the compiled step materialises the update (a
+  full-size temporary) only when fusion is off."""
+  params = {"w": jnp.zeros((512, 256))}
+  tx = af.adafactor(1e-3)
+
+  def temp_bytes():
+    def step(p, s, g):
+      u, s = tx.update(g, s, p)
+      return optax.apply_updates(p, u), s
+    compiled = jax.jit(step, donate_argnums=(0, 1)).lower(params, tx.init(params), params).compile()
+    return compiled.memory_analysis().temp_size_in_bytes
+
+  fused_temp = temp_bytes()
+  with fused.disabled():
+    chain_temp = temp_bytes()
+  assert chain_temp >= 512 * 256 * 4 > 10 * fused_temp, (chain_temp, fused_temp)
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_preset_equals_its_blocks_one_by_one(name):
+  # big=True: leaves above fused.MIN_SIZE_APART take the offset path, small ones the plain one
+  params = mixed_tree(0, big=True)
+  tx = PRESETS[name](0.01)
+  fast, fast_state = trajectory(tx, params, STEPS)
+  ref, ref_state = block_by_block(tx, params, STEPS)
+  for i, (x, y) in enumerate(zip(fast, ref)):
+    assert_trees_close(x, y, RTOL, ATOL, f"{name}, step {i + 1}")
+  assert_trees_close(fast_state, ref_state, RTOL, ATOL, f"{name}, state")
+
+
+@pytest.mark.parametrize("name,kwargs", CASES, ids=[c[0] for c in CASES])
+def test_adafactor_argument_combinations_equal_blocks(name, kwargs):
+  """Every argument combination of the optax parity suite."""
+  params = mixed_tree(0, big=True)
+  tx = af.adafactor(**kwargs)
+  fast, _ = trajectory(tx, params, STEPS)
+  ref, _ = block_by_block(tx, params, STEPS)
+  for i, (x, y) in enumerate(zip(fast, ref)):
+    assert_trees_close(x, y, RTOL, ATOL, f"{name}, step {i + 1}")
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_half_precision_equals_blocks(dtype):
+  """Every block rounds to the update's dtype; the deferred formula does the same roundings."""
+  params = mixed_tree(0, dtype=dtype, big=True)
+  for name in ("adafactor_full", "hf_adafactor_full", "torch_adafactor_full"):
+    tx = PRESETS[name](0.01)
+    fast, _ = trajectory(tx, params, 4)
+    ref, _ = block_by_block(tx, params, 4)
+    for x, y in zip(fast, ref):
+      assert_trees_close(x, y, 0, 0, f"{name} {jnp.dtype(dtype).name}")
+
+
+def test_fused_chain_runs_other_transformations_in_between():
+  """A transformation without a kernel (any optax one) sees the updates computed so far."""
+  params = mixed_tree(0, big=False)
+  blocks = [af.scale_by_factored_rms(min_dim_size_to_factor=8), optax.clip(0.5),
+            af.clip_by_block_rms(1.0), af.scale_by_learning_rate(0.01)]
+  a, sa = trajectory(fused.chain(*blocks), params, 5)
+  b, sb = trajectory(optax.chain(*blocks), params, 5)
+  for x, y in zip(a, b):
+    assert_trees_close(x, y, RTOL, ATOL, "fused.chain with optax.clip")
+  assert_trees_close(sa, sb, 0, 0, "state")
+
+
+def test_global_norm_clipping_equals_optax():
+  params = mixed_tree(0, big=False)
+  grads = [jax.tree.map(lambda p: 3.0 * p, params), jax.tree.map(lambda p: 1e-3 * p, params)]
+  for g in grads:
+    ours, _ = blocks.clip_by_global_norm_fused(1.0).update(g, optax.EmptyState())
+    ref, _ = optax.clip_by_global_norm(1.0).update(g, optax.EmptyState())
+    assert_trees_close(ours, ref, 0, 0, "clip_by_global_norm")
+
+
+def _temp_fraction(tx, params):
+  def step(p, s, g):
+    u, s = tx.update(g, s, p)
+    return optax.apply_updates(p, u), s
+
+  compiled = jax.jit(step, donate_argnums=(0, 1)).lower(params, tx.init(params), params).compile()
+  n_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params))
+  return compiled.memory_analysis().temp_size_in_bytes / n_bytes
+
+
+TEMP_PRESETS = {
+    "adafactor": lambda: af.adafactor(1e-3),
+    "adafactor_momentum_wd": lambda: af.adafactor(1e-3, momentum=0.9, weight_decay_rate=1e-4),
+    "adafactor_t5x": lambda: PRESETS["adafactor_t5x"](1e-3),
+    "keras_adafactor": lambda: af.keras_adafactor(1e-3),
+    "torch_adafactor": lambda: af.torch_adafactor(1e-2, weight_decay=1e-2),
+    "hf_adafactor": lambda: af.hf_adafactor(1e-3, relative_step=False, beta1=0.9,
+                                            weight_decay=1e-2),
+    # f32 momentum: a bf16 buffer (big_vision's default) is read after the step overwrites it,
+    # and XLA copies it first (a temporary of the buffer's size; see the README)
+    "big_vision_adafactor": lambda: af.big_vision_adafactor(1e-3, weight_decay=1e-4,
+                                                            dtype_momentum=jnp.float32),
+}
+
+
+@pytest.mark.parametrize("name", list(TEMP_PRESETS))
+def test_no_full_size_temporaries(name):
+  """The compiled step (donated params and state) needs at most 10% of the parameter bytes as
+  temporaries, on a tree of factored and unfactored leaves above and below the offset size."""
+  params = {
+      "embed": jnp.zeros((2048, 256)),
+      "kernel": jnp.zeros((256, 1024)),
+      "qkv": jnp.zeros((256, 3, 4, 64)),  # unfactored under "largest" (64 < 128)
+      "t3": jnp.zeros((4, 64, 64)),
+      "bias": jnp.zeros(1024),
+      "small": jnp.zeros((64, 64)),
+  }
+  tx = TEMP_PRESETS[name]()
+  fraction = _temp_fraction(tx, params)
+  assert fraction <= 0.10, f"{name}: temporaries are {fraction:.1%} of the parameter bytes"
+
+
+def test_nan_statistics_still_give_nan_updates():
+  """The offsets read the first element of each statistic: a NaN there must not turn into a
+  finite update (it stays NaN, as the statistic itself makes the update)."""
+  params = {"w": jnp.ones((512, 256)), "v": jnp.ones((300, 300))}
+  tx = af.adafactor(1e-3, factored=True, min_dim_size_to_factor=128)
+  state = tx.init(params)
+  bad = state[0]._replace(v_col=jax.tree.map(lambda c: c.at[0].set(jnp.nan), state[0].v_col))
+  updates, _ = jax.jit(tx.update)(params, (bad,) + tuple(state[1:]), params)
+  assert all(bool(np.isnan(np.asarray(u)).any()) for u in jax.tree.leaves(updates))
