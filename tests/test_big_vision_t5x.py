@@ -113,15 +113,21 @@ BV_CASES = {
 
 @pytest.mark.parametrize("name", list(BV_CASES))
 def test_big_vision_matches_optax_chain(name):
-  # With bf16 momentum both sides round the same f32 numbers to bf16 (measured: the two chains
-  # agree to within f32 rounding, so the bf16 roundings coincide), so one tolerance serves all.
   kw = BV_CASES[name]
   params = bv_params()
   grads = random_grads(params)
   a = run(af.big_vision_adafactor(**kw), params, grads)
   b = run(big_vision_reference(**kw), params, grads)
+  bf16_momentum = kw.get("momentum", 0.9) and kw.get("dtype_momentum", jnp.bfloat16) == jnp.bfloat16
   for i, (x, y) in enumerate(zip(a, b)):
-    assert_trees_close(x, y, RTOL, ATOL, f"big_vision[{name}] step {i + 1}")
+    if bf16_momentum:
+      # big_vision's default bf16 momentum: a one-ulp f32 difference in an update (our means of
+      # squares add eps after the sum, and sum in another order) can round a momentum entry to
+      # the neighbouring bf16 value, which stays in the trajectory; held to 2e-4 of each leaf's
+      # scale, as adafactor's bf16 momentum against optax (test_optax_parity).
+      assert max_rel_diff(x, y) < 2e-4, f"big_vision[{name}] step {i + 1}"
+    else:
+      assert_trees_close(x, y, RTOL, ATOL, f"big_vision[{name}] step {i + 1}")
   MAX_SEEN[f"big_vision[{name}]"] = max(max_rel_diff(x, y) for x, y in zip(a, b))
 
 

@@ -148,10 +148,24 @@ def _times_clamped_rsqrt(u, v, floor_sq, tiny):
   return u * jax.lax.rsqrt(jnp.maximum(jnp.maximum(v, floor_sq), tiny))
 
 
-def _apart_call(fn, d, purpose, *scalars):
-  """``fn(update, *scalars)`` on inputs XLA cannot share with other uses (see `fused`)."""
-  z = d.zero(purpose)
-  return fn(d.value_apart(purpose), *[fused.offset(a, z) for a in scalars])
+def _mean_sq(d: fused.Deferred, plan: factoring.LeafPlan,
+             dtype: jnp.dtype) -> tuple[jax.Array, jax.Array]:
+  """Means of ``|u|**2`` over the col dims and over the row dims (unsaturated), in `dtype`.
+
+  Each reads the update's formula on inputs XLA cannot share with the other (see `fused`), and
+  nothing else happens inside them: reductions do their elementwise work at a cost on the CPU.
+  """
+  sums = []
+  for purpose, axes in (("row", plan.col_dims), ("col", plan.row_dims)):
+    u = d.value_apart(purpose, full_size=True)
+    if jnp.iscomplexobj(u):
+      u = u.astype(jnp.result_type(dtype, jnp.complex64))
+      sq = (jnp.real(u) ** 2 + jnp.imag(u) ** 2).astype(dtype)
+    else:
+      u = u.astype(dtype)
+      sq = u * u
+    sums.append(jnp.mean(sq, axis=axes))
+  return sums[0], sums[1]
 
 
 def stats_tree(state: ScaleByFactoredRMSState) -> Any:
@@ -311,9 +325,14 @@ def scale_by_factored_rms(
         return g2 if eps is None else g2 + eps
 
       if plan.factored:
-        # Each mean reads the gradient on its own (see `fused`): no full-size g**2 is shared.
-        row_sq = jnp.mean(_apart_call(sq, d, "row", cap, eps), axis=plan.col_dims)
-        col_sq = jnp.mean(_apart_call(sq, d, "col", cap, eps), axis=plan.row_dims)
+        # The means of the squares saturate at `cap` (so that the statistics and their sums stay
+        # finite) and then get `eps`. Each mean reads the gradient on its own: no full-size
+        # g**2 is shared between them (see `fused`).
+        row_sq, col_sq = _mean_sq(d, plan, dtype)
+        if eps is None:
+          row_sq, col_sq = jnp.minimum(row_sq, cap), jnp.minimum(col_sq, cap)
+        else:
+          row_sq, col_sq = jnp.minimum(row_sq, cap) + eps, jnp.minimum(col_sq, cap) + eps
         new_r, new_c, scale, factors = factored_second_moment(row_sq, col_sq, r, c, beta2, plan,
                                                               floor)
         out_r.append(new_r)

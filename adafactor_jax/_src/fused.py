@@ -21,6 +21,7 @@ compiles one fusion for all leaves of a shape.
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Any
 from typing import Callable
 from typing import Iterator
@@ -36,6 +37,10 @@ from adafactor_jax._src import tree as tree_lib
 Kernel = Callable[[list["Deferred"], Any, Any, "Context"], Any]
 
 _ENABLED = [True]
+
+
+def _identity(x):
+  return x
 
 
 @contextlib.contextmanager
@@ -54,7 +59,7 @@ class Deferred:
   __slots__ = ("fn", "inputs", "shape", "dtype", "seed")
 
   def __init__(self, x: jax.Array):
-    self.fn: Callable[..., jax.Array] = lambda x: x
+    self.fn: Callable[..., jax.Array] = _identity
     self.inputs: tuple = (x,)
     self.shape = tuple(x.shape)
     self.dtype = x.dtype
@@ -79,10 +84,22 @@ class Deferred:
       _PURPOSES[purpose] = float(len(_PURPOSES) + 1)
     return self.seed * _PURPOSES[purpose]
 
-  def value_apart(self, purpose: str) -> jax.Array:
-    """The value, computed from inputs that XLA cannot identify with their other uses."""
+  def value_apart(self, purpose: str, *, full_size: bool = False) -> jax.Array:
+    """The value, computed from inputs that XLA cannot identify with their other uses.
+
+    Only inputs smaller than the leaf (factors, scalars) are offset, which is free; with
+    `full_size`, leaf-sized ones too (an elementwise add in the reduction), for a formula that
+    has no smaller input.
+    """
     z = self.zero(purpose)
-    return self.fn(*[offset(x, z) for x in self.inputs])
+    size = math.prod(self.shape)
+    return self.fn(*[x if not full_size and getattr(x, "size", 0) >= size else offset(x, z)
+                     for x in self.inputs])
+
+  @property
+  def plain(self) -> bool:
+    """Whether the value is still the input leaf itself."""
+    return len(self.inputs) == 1 and self.fn is _identity
 
   @property
   def aval(self) -> jax.ShapeDtypeStruct:
