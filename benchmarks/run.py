@@ -1,16 +1,18 @@
 """Step time, memory and compile time of Adafactor implementations, side by side.
 
-    python benchmarks/run.py                      # BERT-base and ViT-B/16 (about 2 minutes)
-    python benchmarks/run.py --trees bert vit small --json out.json   # + 2,000 leaves (~10 min)
+    python benchmarks/run.py                      # BERT-base and ViT-B/16 (about 4 minutes)
+    python benchmarks/run.py --trees bert vit small --json out.json --plot out.png
 
 For each parameter tree (BERT-base, ViT-B/16, 2,000 small leaves) and optimizer (this library's
-presets, optax.adafactor, optax.adam) it compiles one jitted train step (update +
-optax.apply_updates, params and state donated) and reports: step time (median, min, max over
-interleaved repetitions: every optimizer runs once per round), ratios to optax.adafactor and
-optax.adam, optimizer-state MB, compiled temporary MB
+presets, optax.adafactor, optax.adam, keras.optimizers.Adafactor and torch.optim.Adafactor where
+installed) it compiles one jitted train step (update + optax.apply_updates, params and state
+donated; Keras: its jitted ``stateless_apply``, with donation) and reports: step time (median,
+min, max over interleaved repetitions: every optimizer runs once per round), ratios to
+optax.adafactor and optax.adam, optimizer-state MB, compiled temporary MB
 (``memory_analysis().temp_size_in_bytes``), compile seconds, and a streaming bound: two passes
 of sum-of-squares over the gradients plus one axpy over params and gradients, timed with plain
-jitted functions of the same size, and the fraction of that bound the step achieves.
+jitted functions of the same size, and the fraction of that bound the step achieves. PyTorch
+runs eagerly on the same CPU threads (no compile time or temporaries to report).
 """
 
 from __future__ import annotations
@@ -22,10 +24,12 @@ import statistics
 import sys
 import time
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-import optax
+os.environ.setdefault("KERAS_BACKEND", "jax")  # before anything imports keras
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples"))
 from state_memory import bert_base_shapes  # noqa: E402
@@ -74,28 +78,97 @@ def timed(fn, *args):
   return time.perf_counter() - t0, out
 
 
-def bench_tree(name, shapes, names, reps):
-  params = materialise(shapes, 0)
-  grads = materialise(shapes, 1)
-  n_bytes = sum(x.nbytes for x in jax.tree.leaves(params))
-  rows, steps, states = {}, {}, {}
-  for opt in names:
-    tx = OPTIMIZERS[opt]()
+class JaxStep:
+  """One optax-style optimizer's jitted train step, params and state donated."""
 
-    def step(p, s, g, tx=tx):
+  def __init__(self, tx, params, grads):
+    def step(p, s, g):
       u, s = tx.update(g, s, p)
       return optax.apply_updates(p, u), s
 
     state = tx.init(params)
     t0 = time.perf_counter()
-    compiled = jax.jit(step, donate_argnums=(0, 1)).lower(params, state, grads).compile()
-    compile_s = time.perf_counter() - t0
-    mem = compiled.memory_analysis()
-    rows[opt] = {"compile_s": compile_s,
-                 "temp_mb": (mem.temp_size_in_bytes if mem is not None else float("nan")) / 1e6,
-                 "state_mb": sum(x.nbytes for x in jax.tree.leaves(state)) / 1e6, "times": []}
-    steps[opt] = compiled
-    states[opt] = (jax.tree.map(jnp.copy, params), state)
+    self.compiled = jax.jit(step, donate_argnums=(0, 1)).lower(params, state, grads).compile()
+    self.compile_s = time.perf_counter() - t0
+    mem = self.compiled.memory_analysis()
+    self.temp_mb = (mem.temp_size_in_bytes if mem is not None else float("nan")) / 1e6
+    self.state_mb = sum(x.nbytes for x in jax.tree.leaves(state)) / 1e6
+    self.args = (jax.tree.map(jnp.copy, params), state, grads)
+
+  def __call__(self):
+    p, s, g = self.args
+    dt, (p, s) = timed(self.compiled, p, s, g)
+    self.args = (p, s, g)
+    return dt
+
+
+class KerasStep(JaxStep):
+  """keras.optimizers.Adafactor on the JAX backend: its jitted stateless_apply, donated."""
+
+  def __init__(self, params, grads):
+    import keras
+    leaves = jax.tree.leaves(params)
+    kvars = [keras.Variable(np.asarray(x), name=f"v{i}") for i, x in enumerate(leaves)]
+    opt = keras.optimizers.Adafactor(learning_rate=1e-3)
+    opt.build(kvars)
+    opt_vals = [v.value for v in opt.variables]
+    flat_grads = jax.tree.leaves(grads)
+    t0 = time.perf_counter()
+    self.compiled = jax.jit(opt.stateless_apply, donate_argnums=(0, 2)).lower(
+        opt_vals, flat_grads, leaves).compile()
+    self.compile_s = time.perf_counter() - t0
+    mem = self.compiled.memory_analysis()
+    self.temp_mb = (mem.temp_size_in_bytes if mem is not None else float("nan")) / 1e6
+    self.state_mb = sum(x.nbytes for x in opt_vals) / 1e6
+    self.args = ([jnp.copy(x) for x in leaves], opt_vals, flat_grads)
+
+  def __call__(self):
+    p, s, g = self.args
+    dt, (p, s) = timed(self.compiled, s, g, p)
+    self.args = (p, s, g)
+    return dt
+
+
+class TorchStep:
+  """torch.optim.Adafactor (eager, CPU) on the same tree, lr 1e-2 (its default)."""
+
+  def __init__(self, params, grads):
+    import torch
+    self.torch = torch
+    self.params = [torch.nn.Parameter(torch.from_numpy(np.array(x)))
+                   for x in jax.tree.leaves(params)]
+    for p, g in zip(self.params, jax.tree.leaves(grads)):
+      p.grad = torch.from_numpy(np.array(g))
+    self.opt = torch.optim.Adafactor(self.params, lr=1e-2)
+    self()  # creates the state
+    self.compile_s, self.temp_mb = 0.0, float("nan")
+    self.state_mb = sum(t.numel() * t.element_size() for st in self.opt.state.values()
+                        for t in st.values() if isinstance(t, torch.Tensor)) / 1e6
+
+  def __call__(self):
+    t0 = time.perf_counter()
+    with self.torch.no_grad():
+      self.opt.step()
+    return time.perf_counter() - t0
+
+
+def make_step(opt, params, grads):
+  if opt == "keras.optimizers.Adafactor":
+    return KerasStep(params, grads)
+  if opt == "torch.optim.Adafactor":
+    return TorchStep(params, grads)
+  return JaxStep(OPTIMIZERS[opt](), params, grads)
+
+
+def bench_tree(name, shapes, names, reps):
+  params = materialise(shapes, 0)
+  grads = materialise(shapes, 1)
+  n_bytes = sum(x.nbytes for x in jax.tree.leaves(params))
+  rows, steps = {}, {}
+  for opt in names:
+    steps[opt] = make_step(opt, params, grads)
+    rows[opt] = {"compile_s": steps[opt].compile_s, "temp_mb": steps[opt].temp_mb,
+                 "state_mb": steps[opt].state_mb, "times": []}
   # the streaming bound, timed like the steps
   sumsq = jax.jit(lambda g: sum(jnp.sum(x * x) for x in jax.tree.leaves(g)))
   axpy = jax.jit(lambda p, g: jax.tree.map(lambda a, b: a - 1e-3 * b, p, g), donate_argnums=0)
@@ -105,10 +178,7 @@ def bench_tree(name, shapes, names, reps):
   bounds = []
   for _ in range(reps):  # interleaved rounds: every optimizer once per round
     for opt in names:
-      p, s = states[opt]
-      dt, (p, s) = timed(steps[opt], p, s, grads)
-      states[opt] = (p, s)
-      rows[opt]["times"].append(dt)
+      rows[opt]["times"].append(steps[opt]())
     t1, _ = timed(sumsq, grads)
     t2, bound_p = timed(axpy, bound_p, grads)
     bounds.append(2 * t1 + t2)
@@ -139,14 +209,59 @@ def markdown(results) -> str:
   return "\n".join(out)
 
 
+def available_extras() -> list[str]:
+  out = []
+  try:
+    import keras  # noqa: F401
+    out.append("keras.optimizers.Adafactor")
+  except ImportError:
+    pass
+  try:
+    import torch
+    if hasattr(torch.optim, "Adafactor"):
+      out.append("torch.optim.Adafactor")
+  except ImportError:
+    pass
+  return out
+
+
+def plot(results, path):
+  """Step time and memory (state + compiled temporaries) per optimizer, one panel pair per tree."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, axes = plt.subplots(len(results), 2, figsize=(12, 3.2 * len(results)), squeeze=False)
+  for res, (ax_t, ax_m) in zip(results, axes):
+    names = list(res["rows"])
+    short = [n.replace("adafactor_jax.", "ours: ").replace("keras.optimizers.", "keras ")
+             .replace("torch.optim.", "torch ") for n in names]
+    colors = ["tab:green" if n.startswith("adafactor_jax") else "tab:gray" for n in names]
+    ms = [res["rows"][n]["median_ms"] for n in names]
+    ax_t.barh(short, ms, color=colors)
+    ax_t.set_xlabel("step ms (median)")
+    ax_t.set_title(f"{res['tree']} ({res['param_mb']:.0f} MB of params): step time")
+    mem = [res["rows"][n]["state_mb"] + np.nan_to_num(res["rows"][n]["temp_mb"]) for n in names]
+    ax_m.barh(short, mem, color=colors)
+    ax_m.set_xscale("log")
+    ax_m.set_xlabel("optimizer state + compiled temporaries, MB (log)")
+    ax_m.set_title(f"{res['tree']}: memory")
+    for ax in (ax_t, ax_m):
+      ax.invert_yaxis()
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+
+
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   # The 2,000-leaf tree is opt-in: compiling optax.adafactor's step for it alone takes about
   # 2 minutes on 2 cores (the whole run about 10), over this command's 5-minute budget.
   ap.add_argument("--trees", nargs="*", default=["bert", "vit"], choices=list(TREES))
-  ap.add_argument("--optimizers", nargs="*", default=list(OPTIMIZERS), choices=list(OPTIMIZERS))
+  extras = available_extras()
+  ap.add_argument("--optimizers", nargs="*", default=list(OPTIMIZERS) + extras,
+                  choices=list(OPTIMIZERS) + extras)
   ap.add_argument("--reps", type=int, default=10)
   ap.add_argument("--json", default="")
+  ap.add_argument("--plot", default="", help="write a PNG of step time and memory")
   args = ap.parse_args(argv)
   print(f"jax {jax.__version__}, optax {optax.__version__}, {jax.devices()[0].platform}, "
         f"{os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d')}", flush=True)
@@ -159,6 +274,8 @@ def main(argv=None):
   if args.json:
     with open(args.json, "w") as f:
       json.dump(results, f, indent=1)
+  if args.plot:
+    plot(results, args.plot)
   return results
 
 

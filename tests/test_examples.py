@@ -37,3 +37,24 @@ def test_readme_memory_table_is_computed():
   assert f"{n:,} parameters" in readme
   for name, nbytes in mem.table(shapes):
     assert re.search(rf"\| {re.escape(name)} \| {nbytes:,} \|", readme), name
+
+
+def test_benchmark_runs_on_a_tiny_tree(tmp_path):
+  """`benchmarks/run.py` end to end on a small tree, every optimizer (no timing assertions)."""
+  spec = importlib.util.spec_from_file_location("bench_run", ROOT / "benchmarks" / "run.py")
+  bench = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(bench)
+  s = lambda *shape: jax.ShapeDtypeStruct(shape, jax.numpy.float32)
+  bench.TREES["tiny"] = lambda: {"embed": s(512, 256), "kernel": s(256, 256), "bias": s(256)}
+  out_json, out_png = tmp_path / "b.json", tmp_path / "b.png"
+  results = bench.main(["--trees", "tiny", "--reps", "2", "--json", str(out_json),
+                        "--plot", str(out_png)])
+  rows = results[0]["rows"]
+  assert {"adafactor_jax.adafactor", "optax.adafactor", "optax.adam",
+          "keras.optimizers.Adafactor", "torch.optim.Adafactor"} <= set(rows)
+  assert out_json.exists() and out_png.stat().st_size > 1000
+  ours, adam = rows["adafactor_jax.adafactor"], rows["optax.adam"]
+  assert ours["state_mb"] < adam["state_mb"] / 50
+  assert rows["keras.optimizers.Adafactor"]["state_mb"] > 10 * ours["state_mb"]
+  # no full-size temporaries: under 10% of the 0.79 MB of params
+  assert ours["temp_mb"] < 0.1 * results[0]["param_mb"]

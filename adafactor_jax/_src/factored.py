@@ -302,6 +302,7 @@ def scale_by_factored_rms(
     step = jnp.maximum(state.count - step_offset, 0)
     beta2 = jnp.asarray(decay_rate_fn(step, decay_rate), jnp.float32)
     out_r, out_c, out_v = [], [], []
+    shared_seed = fused.shared_seed(state.count)
     for path, d, r, c, v in zip(ctx.paths, leaves, rows, cols, vs):
       plan = rules.plan(path, d.shape)
       ref = r if plan.factored else v
@@ -312,7 +313,7 @@ def scale_by_factored_rms(
             f"{name}: the leaf {path!r} of shape {d.shape} does not match the "
             "statistics in the state (was the state built for other params?).")
       dtype = ref.dtype
-      d.seed = fused.seed_from(d)
+      d.seed = fused.seed_from(d, shared_seed)
       cap = jnp.asarray(sq_cap(dtype, math.prod(d.shape)), dtype)
       if epsilon_mode == "add":
         eps, floor = jnp.asarray(epsilon, dtype), None

@@ -109,21 +109,30 @@ class Deferred:
 _PURPOSES: dict[str, float] = {}
 
 
-# Leaves smaller than this are not worth it: their temporaries are small, and each offset is one
-# more fusion to compile (trees of thousands of small leaves compile faster without).
+# Leaves of at least this many elements get a zero of their own; smaller ones share one (see
+# `seed_from`).
 MIN_SIZE_APART = 1 << 16
 
 
-def seed_from(d: "Deferred") -> Optional[jax.Array]:
-  """An exact zero XLA cannot fold, for leaf `d`: ``min(|g|, 0)`` for the first element of the
-  leaf's first input (the gradient). NaN stays NaN, which makes the update NaN anyway; the
-  gradient is not a buffer the step overwrites, so reading it never makes XLA copy one. None
-  for a leaf smaller than `MIN_SIZE_APART`."""
+def seed_from(d: "Deferred", shared: Optional[jax.Array]) -> Optional[jax.Array]:
+  """An exact zero XLA cannot fold, for leaf `d`.
+
+  A large leaf gets its own: ``min(|g|, 0)`` for the first element of its gradient (NaN stays
+  NaN, which makes the update NaN anyway; the gradient is not a buffer the step overwrites, so
+  reading it never makes XLA copy one). Then no broadcast of it is shared with another leaf of
+  the same shape either. Small leaves get `shared` (one zero for all, which keeps the compiled
+  program small): a broadcast shared by leaves of one shape costs one small buffer.
+  """
   g = d.inputs[0]
-  if g.size == 0 or g.size < MIN_SIZE_APART:
-    return None
+  if g.size < MIN_SIZE_APART:
+    return shared
   first = g.reshape(-1)[0]
   return jnp.minimum(jnp.abs(first).astype(jnp.float32), 0.0)
+
+
+def shared_seed(count: jax.Array) -> jax.Array:
+  """An exact zero XLA cannot fold, from a step counter (never negative)."""
+  return jnp.minimum(count, 0).astype(jnp.float32)
 
 
 def offset(x: Any, z: Optional[jax.Array]) -> Any:
