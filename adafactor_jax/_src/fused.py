@@ -175,11 +175,44 @@ def transformation(init_fn: Callable[[Any], Any],
 
 
 def chain(*transforms: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
-  """``optax.chain`` (same state, same numbers to float rounding) that defers every leaf's
-  update to one final pass across the blocks that have kernels.
+  """``optax.chain`` that computes each leaf's update in one final pass across the blocks.
 
-  A transformation without a kernel (any optax one) is run as in ``optax.chain``, on updates
-  computed up to that point.
+  Same state and same numbers as ``optax.chain(*transforms)`` (to float rounding: a reduction
+  may sum in another order). The building blocks of this package (`scale_by_factored_rms`,
+  `clip_by_block_rms`, `scale_by_param_block_rms`, `scale_by_learning_rate`,
+  `scale_by_momentum`, `add_decayed_weights`, and nested chains) extend a per-leaf formula
+  instead of storing their output: the update RMS of the clipping is a reduction of that
+  formula, and the full-size update is computed once, where XLA fuses it with
+  ``optax.apply_updates``. Every preset is such a chain. Any other transformation (an optax one)
+  runs as in ``optax.chain``, on the updates computed up to that point.
+
+  Args:
+    *transforms: the transformations, applied in order.
+
+  Returns:
+    An `optax.GradientTransformationExtraArgs` whose state is the tuple of the transformations'
+    states, as ``optax.chain``'s.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, optax
+    >>> import adafactor_jax
+    >>> blocks = [adafactor_jax.scale_by_factored_rms(min_dim_size_to_factor=2),
+    ...           adafactor_jax.clip_by_block_rms(1.0), adafactor_jax.scale_by_learning_rate(0.1)]
+    >>> tx = adafactor_jax.chain(*blocks)
+    >>> params = {"w": jnp.ones((3, 4))}
+    >>> grads = {"w": jnp.arange(12.0).reshape(3, 4)}
+    >>> updates, state = tx.update(grads, tx.init(params), params)
+    >>> print(updates["w"][2])
+    [-0.10516705 -0.10230228 -0.09937353 -0.09667205]
+    >>> ref = optax.chain(*blocks)
+    >>> same, _ = ref.update(grads, ref.init(params), params)
+    >>> print(bool(jnp.allclose(updates["w"], same["w"], rtol=1e-6)))
+    True
+
+  Notes:
+    What keeps temporaries out of the compiled step on the CPU is described in the module
+    ``adafactor_jax._src.fused``: with donated params and state, the jitted step of BERT-base
+    needs 2 MB of temporaries (``optax.adafactor``: 532 MB).
   """
   base = optax.chain(*transforms)
   kernels = [getattr(t.update, "fused", None) for t in transforms]

@@ -76,7 +76,7 @@ def big_vision_adafactor(
       as big_vision (through optax).
 
   Returns:
-    An `optax.GradientTransformationExtraArgs` (an ``optax.chain`` of the building blocks).
+    An `optax.GradientTransformationExtraArgs`: a `chain` of the building blocks.
 
   Examples:
     >>> import jax, jax.numpy as jnp, optax

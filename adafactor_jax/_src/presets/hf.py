@@ -64,7 +64,7 @@ def hf_adafactor(
     warmup_init: with `relative_step`, warm the relative step up linearly (``1e-6 * t``).
 
   Returns:
-    An `optax.GradientTransformationExtraArgs` (an ``optax.chain`` of the building blocks).
+    An `optax.GradientTransformationExtraArgs`: a `chain` of the building blocks.
 
   Raises:
     ValueError: `lr` together with ``relative_step=True``, ``warmup_init=True`` without

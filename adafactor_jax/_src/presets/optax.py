@@ -96,7 +96,7 @@ def adafactor(
       ``or`` turns it into 1).
 
   Returns:
-    An `optax.GradientTransformationExtraArgs` (an ``optax.chain`` of the building blocks).
+    An `optax.GradientTransformationExtraArgs`: a `chain` of the building blocks.
 
   Examples:
     >>> import jax, jax.numpy as jnp, optax

@@ -66,7 +66,7 @@ def torch_adafactor(
     stats_dtype: dtype of the statistics (float32); None keeps the leaf's dtype, as PyTorch.
 
   Returns:
-    An `optax.GradientTransformationExtraArgs` (an ``optax.chain`` of the building blocks).
+    An `optax.GradientTransformationExtraArgs`: a `chain` of the building blocks.
 
   Examples:
     >>> import jax, jax.numpy as jnp, optax
