@@ -8,14 +8,15 @@ that reduction. The full-size update is computed once, at the end, where XLA fus
 ``optax.apply_updates``. Used alone (or in ``optax.chain``), a block evaluates its formula at
 the end of its own update, which is the same arithmetic, op for op.
 
-Two details keep XLA from materialising full-size temporaries on the CPU (its reduction
-fusions take an operand shared with another fusion as a buffer): each reduction evaluates its
-formula on inputs offset by an exact zero that XLA cannot prove to be zero, so that common
-subexpressions are not merged across the row sums, the column sums, the update RMS and the
-final pass. The zero is ``min(|g|, 0)`` for the first element of the leaf's gradient (times
-a distinct factor per kind of reduction): distinct per leaf, so that leaves of
-equal shape share no broadcast either, and computed the same way for every leaf, so that XLA
-compiles one fusion for all leaves of a shape.
+What keeps XLA from materialising full-size temporaries on the CPU, where its reduction
+fusions take any operand shared with another fusion (a common ``g*g``, a broadcast factor, even a
+broadcast constant) as a stored buffer: each reduction evaluates the formula on inputs offset by
+an exact zero that XLA cannot prove to be zero, one per kind of reduction, so that no
+subexpression is shared between the row sums, the column sums, the update RMS and the final
+pass. A large leaf takes its zero from its own gradient (see `seed_from`), so that leaves of
+equal shape share no broadcast either; small leaves share one zero, which keeps the compiled
+program small. And as little elementwise work as possible happens inside a reduction, where it
+costs time on the CPU.
 """
 
 from __future__ import annotations
@@ -80,8 +81,6 @@ class Deferred:
     """This leaf's opaque zero for reductions of kind `purpose` (None: no seed)."""
     if self.seed is None:
       return None
-    if purpose not in _PURPOSES:
-      _PURPOSES[purpose] = float(len(_PURPOSES) + 1)
     return self.seed * _PURPOSES[purpose]
 
   def value_apart(self, purpose: str, *, full_size: bool = False) -> jax.Array:
@@ -97,16 +96,12 @@ class Deferred:
                      for x in self.inputs])
 
   @property
-  def plain(self) -> bool:
-    """Whether the value is still the input leaf itself."""
-    return len(self.inputs) == 1 and self.fn is _identity
-
-  @property
   def aval(self) -> jax.ShapeDtypeStruct:
     return jax.ShapeDtypeStruct(self.shape, self.dtype)
 
 
-_PURPOSES: dict[str, float] = {}
+# A distinct multiple of a leaf's zero for each kind of reduction of its formula.
+_PURPOSES = {"row": 1.0, "col": 2.0, "rms": 3.0, "global_norm": 4.0}
 
 
 # Leaves of at least this many elements get a zero of their own; smaller ones share one (see

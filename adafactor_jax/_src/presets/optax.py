@@ -120,10 +120,12 @@ def adafactor(
     <https://arxiv.org/abs/1804.04235>`_, 2018.
 
   Notes:
-    Equal to ``optax.adafactor`` for float32 params with the same arguments. Differences: the
-    state holds only what each leaf needs (no ``(1,)`` placeholders); statistics are float32
-    whatever the param dtype (``stats_dtype=None`` for optax's behaviour); ``decay_offset``
-    larger than the step count gives finite updates; ``factor_rule``. As in optax (and unlike the
+    Equal to ``optax.adafactor`` for float32 params with the same arguments, to float rounding
+    (the means of squares add ``eps`` after the mean, unfactored leaves use ``rsqrt``: the fast
+    path, see `chain`). Differences: the state holds only what each leaf needs (no ``(1,)``
+    placeholders); statistics are float32 whatever the param dtype (``stats_dtype=None`` for
+    optax's behaviour); ``decay_offset`` larger than the step count gives finite updates;
+    ``factor_rule``. As in optax (and unlike the
     paper) ``learning_rate=None`` means no relative step size (pass
     ``relative_step_size(1e-2)`` for the paper's), momentum averages lr-scaled steps, and weight
     decay is not multiplied by the learning rate.
