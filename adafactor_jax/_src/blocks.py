@@ -114,7 +114,7 @@ def clip_by_block_rms(
 
 
 def clip_by_global_norm_fused(max_norm: ArrayLike) -> optax.GradientTransformationExtraArgs:
-  """``optax.clip_by_global_norm`` (the same arithmetic) as a kernel: in a `fused.chain` the
+  """``optax.clip_by_global_norm`` (the same arithmetic) as a kernel: in a `chain` the
   global norm is a reduction of each leaf's update formula, and the clipped updates are not
   stored."""
 
