@@ -79,14 +79,10 @@ def timed(fn, *args):
 
 
 class JaxStep:
-  """One optax-style optimizer's jitted train step, params and state donated."""
+  """A jitted train step ``step(params, state, grads) -> (params, state)``, params and state
+  donated."""
 
-  def __init__(self, tx, params, grads):
-    def step(p, s, g):
-      u, s = tx.update(g, s, p)
-      return optax.apply_updates(p, u), s
-
-    state = tx.init(params)
+  def __init__(self, step, params, state, grads):
     t0 = time.perf_counter()
     self.compiled = jax.jit(step, donate_argnums=(0, 1)).lower(params, state, grads).compile()
     self.compile_s = time.perf_counter() - t0
@@ -102,31 +98,27 @@ class JaxStep:
     return dt
 
 
-class KerasStep(JaxStep):
-  """keras.optimizers.Adafactor on the JAX backend: its jitted stateless_apply, donated."""
+def optax_step(tx, params, grads) -> JaxStep:
+  """An optax-style optimizer: update + optax.apply_updates."""
+  def step(p, s, g):
+    u, s = tx.update(g, s, p)
+    return optax.apply_updates(p, u), s
 
-  def __init__(self, params, grads):
-    import keras
-    leaves = jax.tree.leaves(params)
-    kvars = [keras.Variable(np.asarray(x), name=f"v{i}") for i, x in enumerate(leaves)]
-    opt = keras.optimizers.Adafactor(learning_rate=1e-3)
-    opt.build(kvars)
-    opt_vals = [v.value for v in opt.variables]
-    flat_grads = jax.tree.leaves(grads)
-    t0 = time.perf_counter()
-    self.compiled = jax.jit(opt.stateless_apply, donate_argnums=(0, 2)).lower(
-        opt_vals, flat_grads, leaves).compile()
-    self.compile_s = time.perf_counter() - t0
-    mem = self.compiled.memory_analysis()
-    self.temp_mb = (mem.temp_size_in_bytes if mem is not None else float("nan")) / 1e6
-    self.state_mb = sum(x.nbytes for x in opt_vals) / 1e6
-    self.args = ([jnp.copy(x) for x in leaves], opt_vals, flat_grads)
+  return JaxStep(step, params, tx.init(params), grads)
 
-  def __call__(self):
-    p, s, g = self.args
-    dt, (p, s) = timed(self.compiled, s, g, p)
-    self.args = (p, s, g)
-    return dt
+
+def keras_step(params, grads) -> JaxStep:
+  """keras.optimizers.Adafactor on the JAX backend: its stateless_apply."""
+  import keras
+  leaves = jax.tree.leaves(params)
+  kvars = [keras.Variable(np.asarray(x), name=f"v{i}") for i, x in enumerate(leaves)]
+  opt = keras.optimizers.Adafactor(learning_rate=1e-3)
+  opt.build(kvars)
+
+  def step(p, s, g):
+    return opt.stateless_apply(s, g, p)
+
+  return JaxStep(step, leaves, [v.value for v in opt.variables], jax.tree.leaves(grads))
 
 
 class TorchStep:
@@ -154,10 +146,10 @@ class TorchStep:
 
 def make_step(opt, params, grads):
   if opt == "keras.optimizers.Adafactor":
-    return KerasStep(params, grads)
+    return keras_step(params, grads)
   if opt == "torch.optim.Adafactor":
     return TorchStep(params, grads)
-  return JaxStep(OPTIMIZERS[opt](), params, grads)
+  return optax_step(OPTIMIZERS[opt](), params, grads)
 
 
 def bench_tree(name, shapes, names, reps):

@@ -59,22 +59,24 @@ def sq_cap(dtype: DTypeLike, size: int) -> float:
   return float(jnp.finfo(dtype).max) / (2.0 * max(1, size))
 
 
-def abs_sq(x: jax.Array, dtype: DTypeLike, cap: Optional[ArrayLike] = None) -> jax.Array:
+def square(x: jax.Array, dtype: DTypeLike) -> jax.Array:
+  """``|x|**2`` computed in the real dtype `dtype` (unsaturated)."""
+  if jnp.iscomplexobj(x):
+    x = x.astype(jnp.result_type(dtype, jnp.complex64))
+    return (jnp.real(x) ** 2 + jnp.imag(x) ** 2).astype(dtype)
+  x = x.astype(dtype)
+  return x * x
+
+
+def abs_sq(x: jax.Array, dtype: DTypeLike) -> jax.Array:
   """``|x|**2`` computed in the real dtype `dtype`, saturated so that statistics stay finite.
 
   A square that would overflow (a gradient near the dtype's maximum) is capped at
-  ``finfo(dtype).max / (2 * x.size)`` (`sq_cap`, or `cap` when given), so that sums and moving
-  averages of the squares over the leaf stay finite too. Ordinary values are far below the cap
-  and are not changed.
+  `sq_cap` ``= finfo(dtype).max / (2 * x.size)``, so that sums and moving averages of the
+  squares over the leaf stay finite too. Ordinary values are far below the cap and are not
+  changed.
   """
-  cap = jnp.asarray(sq_cap(dtype, x.size) if cap is None else cap, dtype)
-  if jnp.iscomplexobj(x):
-    x = x.astype(jnp.result_type(dtype, jnp.complex64))
-    sq = (jnp.real(x) ** 2 + jnp.imag(x) ** 2).astype(dtype)
-  else:
-    x = x.astype(dtype)
-    sq = x * x
-  return jnp.minimum(sq, cap)
+  return jnp.minimum(square(x, dtype), jnp.asarray(sq_cap(dtype, x.size), dtype))
 
 
 def as_dtype(dtype: Any) -> Optional[jnp.dtype]:
@@ -157,14 +159,7 @@ def _mean_sq(d: fused.Deferred, plan: factoring.LeafPlan,
   """
   sums = []
   for purpose, axes in (("row", plan.col_dims), ("col", plan.row_dims)):
-    u = d.value_apart(purpose, full_size=True)
-    if jnp.iscomplexobj(u):
-      u = u.astype(jnp.result_type(dtype, jnp.complex64))
-      sq = (jnp.real(u) ** 2 + jnp.imag(u) ** 2).astype(dtype)
-    else:
-      u = u.astype(dtype)
-      sq = u * u
-    sums.append(jnp.mean(sq, axis=axes))
+    sums.append(jnp.mean(square(d.value_apart(purpose, full_size=True), dtype), axis=axes))
   return sums[0], sums[1]
 
 
@@ -321,26 +316,23 @@ def scale_by_factored_rms(
         eps = None
         floor = jnp.asarray(jnp.finfo(d.dtype).eps if epsilon is None else epsilon, dtype)
 
-      def sq(x, cap, eps, dtype=dtype):
-        g2 = abs_sq(x, dtype, cap)
-        return g2 if eps is None else g2 + eps
+      def saturate(x, cap=cap, eps=eps):
+        """Squares (or their means) capped at `cap`, so that statistics and their sums stay
+        finite, then plus `eps`."""
+        x = jnp.minimum(x, cap)
+        return x if eps is None else x + eps
 
       if plan.factored:
-        # The means of the squares saturate at `cap` (so that the statistics and their sums stay
-        # finite) and then get `eps`. Each mean reads the gradient on its own: no full-size
-        # g**2 is shared between them (see `fused`).
-        row_sq, col_sq = _mean_sq(d, plan, dtype)
-        if eps is None:
-          row_sq, col_sq = jnp.minimum(row_sq, cap), jnp.minimum(col_sq, cap)
-        else:
-          row_sq, col_sq = jnp.minimum(row_sq, cap) + eps, jnp.minimum(col_sq, cap) + eps
+        # Each mean reads the gradient on its own: no full-size g**2 is shared between them
+        # (see `fused`); they saturate after the mean, not element by element.
+        row_sq, col_sq = map(saturate, _mean_sq(d, plan, dtype))
         new_r, new_c, scale, factors = factored_second_moment(row_sq, col_sq, r, c, beta2, plan,
                                                               floor)
         out_r.append(new_r)
         out_c.append(new_c)
         out_v.append(None)
       else:
-        new_v = (beta2 * v + (1.0 - beta2) * sq(d.value(), cap, eps)).astype(dtype)
+        new_v = (beta2 * v + (1.0 - beta2) * saturate(square(d.value(), dtype))).astype(dtype)
         tiny = jnp.asarray(jnp.finfo(dtype).tiny, dtype)  # see factored_second_moment
         scale, factors = ((_times_rsqrt, (new_v, tiny)) if floor is None else
                           (_times_clamped_rsqrt, (new_v, floor * floor, tiny)))

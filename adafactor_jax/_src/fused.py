@@ -160,13 +160,18 @@ def transformation(init_fn: Callable[[Any], Any],
   """A building block from its kernel: used alone it computes its updates at once."""
 
   def update_fn(updates, state, params=None, **extra_args):
-    ctx = Context(updates, extra_args)
-    leaves = [Deferred(x) for x in ctx.treedef.flatten_up_to(updates)]
-    new_state = kernel(leaves, state, params, ctx)
-    return ctx.finish(leaves), new_state
+    return _run(kernel, updates, state, params, extra_args)
 
   update_fn.fused = kernel
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _run(kernel: Kernel, updates: Any, state: Any, params: Any, extra_args: dict) -> tuple:
+  """A kernel's update on concrete updates: deferred leaves in, computed updates out."""
+  ctx = Context(updates, extra_args)
+  leaves = [Deferred(x) for x in ctx.treedef.flatten_up_to(updates)]
+  new_state = kernel(leaves, state, params, ctx)
+  return ctx.finish(leaves), new_state
 
 
 def chain(*transforms: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
@@ -211,12 +216,12 @@ def chain(*transforms: optax.GradientTransformation) -> optax.GradientTransforma
   """
   base = optax.chain(*transforms)
   kernels = [getattr(t.update, "fused", None) for t in transforms]
+  transforms = tuple(optax.with_extra_args_support(t) for t in transforms)
 
   def kernel(leaves, state, params, ctx):
     new_state = []
     for t, k, s in zip(transforms, kernels, state):
       if k is None:
-        t = optax.with_extra_args_support(t)
         updates, s = t.update(ctx.finish(leaves), s, params, **ctx.extra_args)
         leaves[:] = [Deferred(x) for x in ctx.treedef.flatten_up_to(updates)]
       else:
@@ -227,10 +232,7 @@ def chain(*transforms: optax.GradientTransformation) -> optax.GradientTransforma
   def update_fn(updates, state, params=None, **extra_args):
     if not _ENABLED[-1]:
       return base.update(updates, state, params, **extra_args)
-    ctx = Context(updates, extra_args)
-    leaves = [Deferred(x) for x in ctx.treedef.flatten_up_to(updates)]
-    new_state = kernel(leaves, state, params, ctx)
-    return ctx.finish(leaves), new_state
+    return _run(kernel, updates, state, params, extra_args)
 
   update_fn.fused = kernel
   return optax.GradientTransformationExtraArgs(base.init, update_fn)
