@@ -45,20 +45,8 @@ def _plans(rules: Optional[factoring.FactorRules], leaves: list[fused.Deferred],
   return [rules.plan(path, d.shape) for path, d in zip(ctx.paths, leaves)]
 
 
-def _divide(u, denom):
-  return (u / denom.astype(u.dtype)).astype(u.dtype)
-
-
-def _times(u, scale):
-  return (u * scale.astype(u.dtype)).astype(u.dtype)
-
-
 def _divide_times(u, denom, mult):
   return (u / denom.astype(u.dtype)) * mult.astype(u.dtype)
-
-
-def _lr_times(u, lr):
-  return lr.astype(u.dtype) * u
 
 
 def _rules(factor_rule: Optional[factoring.FactorRule]) -> Optional[factoring.FactorRules]:
@@ -107,7 +95,7 @@ def clip_by_block_rms(
       # The RMS is a reduction of the update's formula: the update itself is not stored.
       rms = block_rms(d.value_apart("rms"), plan,
                       d.dtype if d.dtype != jnp.float16 else jnp.float32)
-      d.then(_divide, jnp.maximum(1.0, rms / threshold))
+      d.scale(jnp.maximum(1.0, rms / threshold), divide=True)
     return state
 
   return fused.transformation(optax.init_empty_state, kernel)
@@ -197,7 +185,7 @@ def scale_by_param_block_rms(
         scale = jnp.minimum(scale, max_scale)
       if not isinstance(m, (bool, np.bool_)):
         scale = jnp.where(m, scale, 1.0)
-      d.then(_times, scale)
+      d.scale(scale)
     return state
 
   return fused.transformation(optax.init_empty_state, kernel)
@@ -247,7 +235,7 @@ def scale_by_learning_rate(
       del params, ctx
       lr = sign * jnp.asarray(learning_rate(state.count))
       for d in leaves:
-        d.then(_lr_times, lr)
+        d.scale(lr)
       return ScaleByScheduleState(count=optax.safe_increment(state.count))
 
     return fused.transformation(init_fn, kernel)
@@ -256,7 +244,7 @@ def scale_by_learning_rate(
     del params, ctx
     lr = sign * jnp.asarray(learning_rate)
     for d in leaves:
-      d.then(_lr_times, lr)
+      d.scale(lr)
     return state
 
   return fused.transformation(optax.init_empty_state, kernel_const)
@@ -368,10 +356,11 @@ def scale_by_momentum(
     treedef = tree_lib.check_same_tree("scale_by_momentum", state.mu, ctx.like(leaves))
     new = []
     for d, m in zip(leaves, treedef.flatten_up_to(state.mu)):
+      d.flush()  # the average of exactly the updates of the blocks one by one
       mu = average(d.value(), m)
       new.append(mu.astype(m.dtype))
       if mu.dtype == m.dtype:  # the stored average is exactly the update: read it back
-        d.fn, d.inputs = (lambda x: x.astype(d.dtype)), (new[-1],)
+        d.reset(new[-1], lambda x, dtype=d.dtype: x.astype(dtype))
       else:
         d.then(lambda u, m: average(u, m).astype(u.dtype), m)
     return ScaleByMomentumState(mu=treedef.unflatten(new))

@@ -55,27 +55,75 @@ def disabled() -> Iterator[None]:
 
 
 class Deferred:
-  """One leaf's update as ``fn(*inputs)``, not yet computed (shape and dtype are known)."""
+  """One leaf's update as ``fn(*inputs)`` times or divided by pending scalars, not yet computed
+  (shape and dtype are known).
 
-  __slots__ = ("fn", "inputs", "shape", "dtype", "seed")
+  The pending scalars are those that blocks multiply or divide the whole update by (learning
+  rate, parameter scale, clipping). Kept apart from the formula, they reach the final pass as
+  one product ``factors / divisors``, which XLA computes once, in one scalar fusion per leaf:
+  applied one by one, each block's scalar is a fusion of its own, and a tree of many small
+  leaves compiles slower. Anything that reads the update before the end (a reduction, momentum,
+  another block's formula) applies them one by one, in order, as the blocks alone do. Only
+  float32/float64 updates keep them pending (`scale`); in half precision each block rounds its
+  product at once, as optax does.
+  """
+
+  __slots__ = ("fn", "inputs", "shape", "dtype", "seed", "scalars")
 
   def __init__(self, x: jax.Array):
-    self.fn: Callable[..., jax.Array] = _identity
-    self.inputs: tuple = (x,)
+    self.reset(x)
     self.shape = tuple(x.shape)
     self.dtype = x.dtype
     # A float32 zero that XLA cannot fold, distinct for this leaf (see the module docstring);
     # None until a block with per-leaf state provides one.
     self.seed: Optional[jax.Array] = None
 
+  def reset(self, x: jax.Array, fn: Callable[[jax.Array], jax.Array] = _identity) -> None:
+    """The update becomes ``fn(x)``, for `x` of this leaf's shape."""
+    self.fn: Callable[..., jax.Array] = fn
+    self.inputs: tuple = (x,)
+    self.scalars: list[tuple[bool, jax.Array]] = []  # (divide?, scalar), in order
+
   def then(self, f: Callable[..., jax.Array], *args: Any) -> None:
     """The update becomes ``f(update, *args)``; `f` must keep its shape and dtype."""
+    self.flush()
     fn, k = self.fn, len(self.inputs)
     self.fn = lambda *xs: f(fn(*xs[:k]), *xs[k:])
     self.inputs = self.inputs + args
 
+  def flush(self) -> None:
+    """Applies the pending scalars to the formula, one by one."""
+    scalars, self.scalars = self.scalars, []
+    for divide, s in scalars:
+      self.then(_divide if divide else _times, s)
+
+  def scale(self, s: Any, *, divide: bool = False) -> None:
+    """The update becomes ``update * s`` (``update / s`` with `divide`), `s` broadcasting.
+
+    In float32/float64 a single number `s` (of any shape of size 1) stays pending (see the class
+    docstring). Any other `s` (batch dims), or a half-precision update, is applied elementwise at
+    once, in the update's dtype.
+    """
+    s = jnp.asarray(s)
+    if s.size != 1 or self.dtype not in (jnp.float32, jnp.float64):
+      self.then(_divide if divide else _times, s)
+    else:
+      # Kept in its own shape: one by one, the arithmetic is exactly the blocks' alone.
+      self.scalars.append((divide, s.astype(self.dtype)))
+
   def value(self) -> jax.Array:
-    return self.fn(*self.inputs)
+    """The final update: the pending scalars applied as one (the same numbers up to a few
+    ulps)."""
+    u = self.fn(*self.inputs)
+    factors = [s.reshape(()) for divide, s in self.scalars if not divide]
+    divisors = [s.reshape(()) for divide, s in self.scalars if divide]
+    factor = math.prod(factors[1:], start=factors[0]) if factors else None
+    divisor = math.prod(divisors[1:], start=divisors[0]) if divisors else None
+    if divisor is None:
+      return u if factor is None else u * factor
+    # One division, which XLA computes in a scalar fusion of its own instead of fusing the
+    # multiplies into the elementwise pass.
+    return u / divisor if factor is None else u * (factor / divisor)
 
   def zero(self, purpose: str) -> Optional[jax.Array]:
     """This leaf's opaque zero for reductions of kind `purpose` (None: no seed)."""
@@ -92,12 +140,23 @@ class Deferred:
     """
     z = self.zero(purpose)
     size = math.prod(self.shape)
-    return self.fn(*[x if not full_size and getattr(x, "size", 0) >= size else offset(x, z)
-                     for x in self.inputs])
+    u = self.fn(*[x if not full_size and getattr(x, "size", 0) >= size else offset(x, z)
+                  for x in self.inputs])
+    for divide, s in self.scalars:
+      u = (_divide if divide else _times)(u, offset(s, z))
+    return u
 
   @property
   def aval(self) -> jax.ShapeDtypeStruct:
     return jax.ShapeDtypeStruct(self.shape, self.dtype)
+
+
+def _times(u, s):
+  return (u * s.astype(u.dtype)).astype(u.dtype)
+
+
+def _divide(u, s):
+  return (u / s.astype(u.dtype)).astype(u.dtype)
 
 
 # A distinct multiple of a leaf's zero for each kind of reduction of its formula.
