@@ -95,7 +95,9 @@ def clip_by_block_rms(
       # The RMS is a reduction of the update's formula: the update itself is not stored.
       rms = block_rms(d.value_apart("rms"), plan,
                       d.dtype if d.dtype != jnp.float16 else jnp.float32)
-      d.scale(jnp.maximum(1.0, rms / threshold), divide=True)
+      if not (isinstance(threshold, (int, float)) and threshold == 1):
+        rms = rms / threshold
+      d.scale(jnp.maximum(1.0, rms), divide=True)
     return state
 
   return fused.transformation(optax.init_empty_state, kernel)
@@ -233,21 +235,26 @@ def scale_by_learning_rate(
 
     def kernel(leaves, state, params, ctx):
       del params, ctx
-      lr = sign * jnp.asarray(learning_rate(state.count))
-      for d in leaves:
-        d.scale(lr)
+      _scale_all(leaves, sign * jnp.asarray(learning_rate(state.count)))
       return ScaleByScheduleState(count=optax.safe_increment(state.count))
 
     return fused.transformation(init_fn, kernel)
 
   def kernel_const(leaves, state, params, ctx):
     del params, ctx
-    lr = sign * jnp.asarray(learning_rate)
-    for d in leaves:
-      d.scale(lr)
+    _scale_all(leaves, sign * jnp.asarray(learning_rate))
     return state
 
   return fused.transformation(optax.init_empty_state, kernel_const)
+
+
+def _scale_all(leaves: list[fused.Deferred], x: jax.Array) -> None:
+  """Every leaf's update times the scalar `x`, converted once per dtype of the leaves."""
+  converted = {}
+  for d in leaves:
+    if d.dtype not in converted:
+      converted[d.dtype] = x.astype(d.dtype)
+    d.scale(converted[d.dtype])
 
 
 def relative_step_size(

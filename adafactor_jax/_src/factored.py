@@ -296,8 +296,10 @@ def scale_by_factored_rms(
     vs = treedef.flatten_up_to(state.v)
     step = jnp.maximum(state.count - step_offset, 0)
     beta2 = jnp.asarray(decay_rate_fn(step, decay_rate), jnp.float32)
+    one_minus_beta2 = 1.0 - beta2
     out_r, out_c, out_v = [], [], []
     shared_seed = fused.shared_seed(state.count)
+    tinies = {}  # one array per dtype, so that its offsets are computed once (fused.Seed)
     for path, d, r, c, v in zip(ctx.paths, leaves, rows, cols, vs):
       plan = rules.plan(path, d.shape)
       ref = r if plan.factored else v
@@ -332,8 +334,10 @@ def scale_by_factored_rms(
         out_c.append(new_c)
         out_v.append(None)
       else:
-        new_v = (beta2 * v + (1.0 - beta2) * saturate(square(d.value(), dtype))).astype(dtype)
-        tiny = jnp.asarray(jnp.finfo(dtype).tiny, dtype)  # see factored_second_moment
+        new_v = (beta2 * v + one_minus_beta2 * saturate(square(d.value(), dtype))).astype(dtype)
+        if dtype not in tinies:  # see factored_second_moment
+          tinies[dtype] = jnp.asarray(jnp.finfo(dtype).tiny, dtype)
+        tiny = tinies[dtype]
         scale, factors = ((_times_rsqrt, (new_v, tiny)) if floor is None else
                           (_times_clamped_rsqrt, (new_v, floor * floor, tiny)))
         out_r.append(None)

@@ -22,6 +22,7 @@ costs time on the CPU.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from typing import Any
 from typing import Callable
@@ -76,7 +77,7 @@ class Deferred:
     self.dtype = x.dtype
     # A float32 zero that XLA cannot fold, distinct for this leaf (see the module docstring);
     # None until a block with per-leaf state provides one.
-    self.seed: Optional[jax.Array] = None
+    self.seed: Optional[Seed] = None
 
   def reset(self, x: jax.Array, fn: Callable[[jax.Array], jax.Array] = _identity) -> None:
     """The update becomes ``fn(x)``, for `x` of this leaf's shape."""
@@ -107,16 +108,18 @@ class Deferred:
     s = jnp.asarray(s)
     if s.size != 1 or self.dtype not in (jnp.float32, jnp.float64):
       self.then(_divide if divide else _times, s)
-    else:
-      # Kept in its own shape: one by one, the arithmetic is exactly the blocks' alone.
-      self.scalars.append((divide, s.astype(self.dtype)))
+      return
+    if s.dtype != self.dtype or jax.typeof(s).weak_type:
+      s = s.astype(self.dtype)
+    # Kept in its own shape: one by one, the arithmetic is exactly the blocks' alone.
+    self.scalars.append((divide, s))
 
   def value(self) -> jax.Array:
     """The final update: the pending scalars applied as one (the same numbers up to a few
     ulps)."""
     u = self.fn(*self.inputs)
-    factors = [s.reshape(()) for divide, s in self.scalars if not divide]
-    divisors = [s.reshape(()) for divide, s in self.scalars if divide]
+    factors = [s.reshape(()) if s.ndim else s for divide, s in self.scalars if not divide]
+    divisors = [s.reshape(()) if s.ndim else s for divide, s in self.scalars if divide]
     factor = math.prod(factors[1:], start=factors[0]) if factors else None
     divisor = math.prod(divisors[1:], start=divisors[0]) if divisors else None
     if divisor is None:
@@ -125,12 +128,6 @@ class Deferred:
     # multiplies into the elementwise pass.
     return u / divisor if factor is None else u * (factor / divisor)
 
-  def zero(self, purpose: str) -> Optional[jax.Array]:
-    """This leaf's opaque zero for reductions of kind `purpose` (None: no seed)."""
-    if self.seed is None:
-      return None
-    return self.seed * _PURPOSES[purpose]
-
   def value_apart(self, purpose: str, *, full_size: bool = False) -> jax.Array:
     """The value, computed from inputs that XLA cannot identify with their other uses.
 
@@ -138,12 +135,15 @@ class Deferred:
     `full_size`, leaf-sized ones too (an elementwise add in the reduction), for a formula that
     has no smaller input.
     """
-    z = self.zero(purpose)
+    if self.seed is None:
+      move = _identity
+    else:
+      move = functools.partial(self.seed.offset, purpose)
     size = math.prod(self.shape)
-    u = self.fn(*[x if not full_size and getattr(x, "size", 0) >= size else offset(x, z)
+    u = self.fn(*[x if not full_size and getattr(x, "size", 0) >= size else move(x)
                   for x in self.inputs])
     for divide, s in self.scalars:
-      u = (_divide if divide else _times)(u, offset(s, z))
+      u = (_divide if divide else _times)(u, move(s))
     return u
 
   @property
@@ -168,7 +168,32 @@ _PURPOSES = {"row": 1.0, "col": 2.0, "rms": 3.0, "global_norm": 4.0}
 MIN_SIZE_APART = 1 << 16
 
 
-def seed_from(d: "Deferred", shared: Optional[jax.Array]) -> Optional[jax.Array]:
+class Seed:
+  """An exact zero that XLA cannot fold (see `seed_from`), with its multiple for each kind of
+  reduction and the offsets of small inputs, each computed once for all the leaves that share
+  it (fewer operations to trace and compile for a tree of many small leaves)."""
+
+  __slots__ = ("value", "_zeros", "_offsets")
+
+  def __init__(self, value: jax.Array):
+    self.value = value
+    self._zeros: dict[str, jax.Array] = {}
+    self._offsets: dict[tuple[str, int], tuple[Any, Any]] = {}
+
+  def zero(self, purpose: str) -> jax.Array:
+    if purpose not in self._zeros:
+      self._zeros[purpose] = self.value * _PURPOSES[purpose]
+    return self._zeros[purpose]
+
+  def offset(self, purpose: str, x: Any) -> Any:
+    """``offset(x, self.zero(purpose))``, computed once per input array."""
+    key = (purpose, id(x))
+    if key not in self._offsets:  # x is kept with its offset: its id is not reused meanwhile
+      self._offsets[key] = (x, offset(x, self.zero(purpose)))
+    return self._offsets[key][1]
+
+
+def seed_from(d: "Deferred", shared: Optional[Seed]) -> Optional[Seed]:
   """An exact zero XLA cannot fold, for leaf `d`.
 
   A large leaf gets its own: ``min(|g|, 0)`` for the first element of its gradient (NaN stays
@@ -181,12 +206,12 @@ def seed_from(d: "Deferred", shared: Optional[jax.Array]) -> Optional[jax.Array]
   if g.size < MIN_SIZE_APART:
     return shared
   first = g.reshape(-1)[0]
-  return jnp.minimum(jnp.abs(first).astype(jnp.float32), 0.0)
+  return Seed(jnp.minimum(jnp.abs(first).astype(jnp.float32), 0.0))
 
 
-def shared_seed(count: jax.Array) -> jax.Array:
+def shared_seed(count: jax.Array) -> Seed:
   """An exact zero XLA cannot fold, from a step counter (never negative)."""
-  return jnp.minimum(count, 0).astype(jnp.float32)
+  return Seed(jnp.minimum(count, 0).astype(jnp.float32))
 
 
 def offset(x: Any, z: Optional[jax.Array]) -> Any:
