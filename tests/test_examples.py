@@ -47,9 +47,13 @@ def test_benchmark_runs_on_a_tiny_tree(tmp_path):
   s = lambda *shape: jax.ShapeDtypeStruct(shape, jax.numpy.float32)
   bench.TREES["tiny"] = lambda: {"embed": s(512, 256), "kernel": s(256, 256), "bias": s(256)}
   out_json, out_png = tmp_path / "b.json", tmp_path / "b.png"
-  results = bench.main(["--trees", "tiny", "--reps", "2", "--json", str(out_json),
-                        "--plot", str(out_png)])
+  results = bench.main(["--trees", "tiny", "--reps", "2", "--compile-reps", "2",
+                        "--json", str(out_json), "--plot", str(out_png)])
   rows = results[0]["rows"]
+  # two compiles of each jitted step, none of the eager torch one
+  assert len(rows["adafactor_jax.adafactor"]["compile_times_s"]) == 2
+  assert len(rows["keras.optimizers.Adafactor"]["compile_times_s"]) == 2
+  assert rows["torch.optim.Adafactor"]["compile_times_s"] == []
   assert {"adafactor_jax.adafactor", "optax.adafactor", "optax.adam",
           "keras.optimizers.Adafactor", "torch.optim.Adafactor"} <= set(rows)
   assert out_json.exists() and out_png.stat().st_size > 1000
