@@ -278,6 +278,9 @@ def main(argv=None):
   ap.add_argument("--json", default="")
   ap.add_argument("--plot", default="", help="write a PNG of step time and memory")
   args = ap.parse_args(argv)
+  for name in ("reps", "compile_reps"):
+    if getattr(args, name) < 1:
+      ap.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
   print(f"jax {jax.__version__}, optax {optax.__version__}, {jax.devices()[0].platform}, "
         f"{os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d')}", flush=True)
   results = []

@@ -8,12 +8,13 @@ import re
 import sys
 
 import jax
+import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def load(name):
-  spec = importlib.util.spec_from_file_location(name, ROOT / "examples" / f"{name}.py")
+def load(name, folder="examples"):
+  spec = importlib.util.spec_from_file_location(name, ROOT / folder / f"{name}.py")
   module = importlib.util.module_from_spec(spec)
   sys.modules[spec.name] = module  # dataclasses (flax.linen modules) look their module up
   spec.loader.exec_module(module)
@@ -41,9 +42,7 @@ def test_readme_memory_table_is_computed():
 
 def test_benchmark_runs_on_a_tiny_tree(tmp_path):
   """`benchmarks/run.py` end to end on a small tree, every optimizer (no timing assertions)."""
-  spec = importlib.util.spec_from_file_location("bench_run", ROOT / "benchmarks" / "run.py")
-  bench = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(bench)
+  bench = load("run", "benchmarks")
   s = lambda *shape: jax.ShapeDtypeStruct(shape, jax.numpy.float32)
   bench.TREES["tiny"] = lambda: {"embed": s(512, 256), "kernel": s(256, 256), "bias": s(256)}
   out_json, out_png = tmp_path / "b.json", tmp_path / "b.png"
@@ -62,3 +61,10 @@ def test_benchmark_runs_on_a_tiny_tree(tmp_path):
   assert rows["keras.optimizers.Adafactor"]["state_mb"] > 10 * ours["state_mb"]
   # no full-size temporaries: under 10% of the 0.79 MB of params
   assert ours["temp_mb"] < 0.1 * results[0]["param_mb"]
+
+
+@pytest.mark.parametrize("flag", ["--reps", "--compile-reps"])
+def test_benchmark_rejects_fewer_than_one_repetition(flag, capsys):
+  with pytest.raises(SystemExit):
+    load("run", "benchmarks").main([flag, "0"])
+  assert f"{flag} must be at least 1, got 0" in capsys.readouterr().err
