@@ -20,6 +20,7 @@ runs eagerly on the same CPU threads (no compile time or temporaries to report).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import statistics
@@ -33,10 +34,20 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples"))
-from state_memory import bert_base_shapes  # noqa: E402
-
 import adafactor_jax  # noqa: E402
+
+
+def _example(name):
+  """examples/<name>.py, loaded by path: putting examples/ on sys.path would let its haiku.py
+  and equinox.py shadow the real packages for the rest of the process."""
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples", f"{name}.py")
+  spec = importlib.util.spec_from_file_location(f"adafactor_jax_example_{name}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+bert_base_shapes = _example("state_memory").bert_base_shapes
 
 
 def vit_b16_shapes() -> dict:

@@ -14,7 +14,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def load(name, folder="examples"):
-  spec = importlib.util.spec_from_file_location(name, ROOT / folder / f"{name}.py")
+  # a prefixed module name: a bare one ("run", "haiku") would shadow a real package
+  spec = importlib.util.spec_from_file_location(f"{folder}_{name}", ROOT / folder / f"{name}.py")
   module = importlib.util.module_from_spec(spec)
   sys.modules[spec.name] = module  # dataclasses (flax.linen modules) look their module up
   spec.loader.exec_module(module)
