@@ -83,7 +83,7 @@ class Deferred:
     """The update becomes ``fn(x)``, for `x` of this leaf's shape."""
     self.fn: Callable[..., jax.Array] = fn
     self.inputs: tuple = (x,)
-    self.scalars: list[tuple[bool, jax.Array]] = []  # (divide?, scalar), in order
+    self.scalars: list[tuple[Callable, jax.Array]] = []  # (_times or _divide, scalar), in order
 
   def then(self, f: Callable[..., jax.Array], *args: Any) -> None:
     """The update becomes ``f(update, *args)``; `f` must keep its shape and dtype."""
@@ -95,8 +95,8 @@ class Deferred:
   def flush(self) -> None:
     """Applies the pending scalars to the formula, one by one."""
     scalars, self.scalars = self.scalars, []
-    for divide, s in scalars:
-      self.then(_divide if divide else _times, s)
+    for op, s in scalars:
+      self.then(op, s)
 
   def scale(self, s: Any, *, divide: bool = False) -> None:
     """The update becomes ``update * s`` (``update / s`` with `divide`), `s` broadcasting.
@@ -105,21 +105,21 @@ class Deferred:
     docstring). Any other `s` (batch dims), or a half-precision update, is applied elementwise at
     once, in the update's dtype.
     """
-    s = jnp.asarray(s)
+    s, op = jnp.asarray(s), _divide if divide else _times
     if s.size != 1 or self.dtype not in (jnp.float32, jnp.float64):
-      self.then(_divide if divide else _times, s)
+      self.then(op, s)
       return
     if s.dtype != self.dtype or jax.typeof(s).weak_type:
       s = s.astype(self.dtype)
     # Kept in its own shape: one by one, the arithmetic is exactly the blocks' alone.
-    self.scalars.append((divide, s))
+    self.scalars.append((op, s))
 
   def value(self) -> jax.Array:
     """The final update: the pending scalars applied as one (the same numbers up to a few
     ulps)."""
     u = self.fn(*self.inputs)
-    factors = [s.reshape(()) if s.ndim else s for divide, s in self.scalars if not divide]
-    divisors = [s.reshape(()) if s.ndim else s for divide, s in self.scalars if divide]
+    factors = [s.reshape(()) if s.ndim else s for op, s in self.scalars if op is _times]
+    divisors = [s.reshape(()) if s.ndim else s for op, s in self.scalars if op is _divide]
     factor = math.prod(factors[1:], start=factors[0]) if factors else None
     divisor = math.prod(divisors[1:], start=divisors[0]) if divisors else None
     if divisor is None:
@@ -142,8 +142,8 @@ class Deferred:
     size = math.prod(self.shape)
     u = self.fn(*[x if not full_size and getattr(x, "size", 0) >= size else move(x)
                   for x in self.inputs])
-    for divide, s in self.scalars:
-      u = (_divide if divide else _times)(u, move(s))
+    for op, s in self.scalars:
+      u = op(u, move(s))
     return u
 
   @property
