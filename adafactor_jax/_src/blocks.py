@@ -34,9 +34,9 @@ def block_rms(x: jax.Array, plan: factoring.LeafPlan, dtype: DTypeLike) -> jax.A
   dims, else an array that broadcasts against `x` (keepdims).
 
   Arithmetic on the scalar stays scalar: on arrays of shape ``(1,) * x.ndim`` XLA's simplifier
-  takes four more rounds over the whole program to make it scalar again. Callers give the result
-  its ``(1,) * x.ndim`` shape (`like_leaf`) where it meets the leaf, as before, so that the
-  compiled arithmetic is the same.
+  takes four more rounds over the whole program to make it scalar again. `fused.Deferred.scale`
+  gives it the ``(1,) * x.ndim`` shape (`fused.like_leaf`) only where it meets the leaf before
+  the final pass, so that the compiled arithmetic is the blocks' own.
   """
   axes = plan.rms_axes(x.ndim)
   keepdims = len(axes) < x.ndim
@@ -44,11 +44,6 @@ def block_rms(x: jax.Array, plan: factoring.LeafPlan, dtype: DTypeLike) -> jax.A
   if x.size == 0:
     return jnp.zeros([1] * x.ndim if keepdims else [], dtype)
   return jnp.sqrt(jnp.mean(sq.astype(dtype), axis=axes, keepdims=keepdims))
-
-
-def like_leaf(s: jax.Array, ndim: int) -> jax.Array:
-  """A scalar `s` as an array of shape ``(1,) * ndim`` (anything else unchanged)."""
-  return s.reshape((1,) * ndim) if s.ndim == 0 else s
 
 
 def _plans(rules: Optional[factoring.FactorRules], leaves: list[fused.Deferred],
@@ -110,7 +105,7 @@ def clip_by_block_rms(
                       d.dtype if d.dtype != jnp.float16 else jnp.float32)
       if not (isinstance(threshold, (int, float)) and threshold == 1):
         rms = rms / threshold
-      d.scale(like_leaf(jnp.maximum(1.0, rms), len(d.shape)), divide=True)
+      d.scale(jnp.maximum(1.0, rms), divide=True)
     return state
 
   return fused.transformation(optax.init_empty_state, kernel)
@@ -200,7 +195,7 @@ def scale_by_param_block_rms(
         scale = jnp.minimum(scale, max_scale)
       if not isinstance(m, (bool, np.bool_)):
         scale = jnp.where(m, scale, 1.0)
-      d.scale(like_leaf(scale, p.ndim))
+      d.scale(scale)
     return state
 
   return fused.transformation(optax.init_empty_state, kernel)
@@ -465,7 +460,7 @@ def add_decayed_weights(
       rate = wd
       if param_scale_min is not None:
         rms_dtype = jnp.promote_types(p.dtype, jnp.float32)
-        rate = like_leaf(
+        rate = fused.like_leaf(
             wd * jnp.maximum(block_rms(p, factoring.UNFACTORED, rms_dtype), param_scale_min),
             p.ndim)
       if not isinstance(m, (bool, np.bool_)):

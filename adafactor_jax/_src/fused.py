@@ -96,7 +96,7 @@ class Deferred:
     """Applies the pending scalars to the formula, one by one."""
     scalars, self.scalars = self.scalars, []
     for op, s in scalars:
-      self.then(op, s)
+      self.then(op, like_leaf(s, len(self.shape)))
 
   def scale(self, s: Any, *, divide: bool = False) -> None:
     """The update becomes ``update * s`` (``update / s`` with `divide`), `s` broadcasting.
@@ -107,11 +107,10 @@ class Deferred:
     """
     s, op = jnp.asarray(s), _divide if divide else _times
     if s.size != 1 or self.dtype not in (jnp.float32, jnp.float64):
-      self.then(op, s)
+      self.then(op, like_leaf(s, len(self.shape)))
       return
     if s.dtype != self.dtype or jax.typeof(s).weak_type:
       s = s.astype(self.dtype)
-    # Kept in its own shape: one by one, the arithmetic is exactly the blocks' alone.
     self.scalars.append((op, s))
 
   def value(self) -> jax.Array:
@@ -143,12 +142,22 @@ class Deferred:
     u = self.fn(*[x if not full_size and getattr(x, "size", 0) >= size else move(x)
                   for x in self.inputs])
     for op, s in self.scalars:
-      u = op(u, move(s))
+      u = op(u, move(like_leaf(s, len(self.shape))))
     return u
 
   @property
   def aval(self) -> jax.ShapeDtypeStruct:
     return jax.ShapeDtypeStruct(self.shape, self.dtype)
+
+
+def like_leaf(s: jax.Array, ndim: int) -> jax.Array:
+  """A 0-d `s` as an array of shape ``(1,) * ndim`` (anything else unchanged).
+
+  A scalar meets a leaf in this shape wherever the arithmetic must be the blocks' own, op for
+  op: XLA reassociates multiplies by 0-d scalars, not by these. The final pass takes the
+  scalars 0-d.
+  """
+  return s.reshape((1,) * ndim) if s.ndim == 0 else s
 
 
 def _times(u, s):
