@@ -78,10 +78,13 @@ OPTIMIZERS = {
 }
 
 
-def materialise(shapes, seed):
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def materialise(shapes, seed, dtype=jnp.float32):
   rng = np.random.default_rng(seed)
-  return jax.tree.map(lambda s: jnp.asarray(rng.standard_normal(s.shape, np.float32) * 0.02),
-                      shapes)
+  return jax.tree.map(
+      lambda s: jnp.asarray(rng.standard_normal(s.shape, np.float32) * 0.02, dtype), shapes)
 
 
 def timed(fn, *args):
@@ -175,9 +178,11 @@ def make_step(opt, params, grads):
   return optax_step(OPTIMIZERS[opt](), params, grads)
 
 
-def bench_tree(name, shapes, names, reps, compile_reps=1):
-  params = materialise(shapes, 0)
-  grads = materialise(shapes, 1)
+def bench_tree(name, shapes, names, reps, compile_reps=1, dtype="float32"):
+  params = materialise(shapes, 0, DTYPES[dtype])
+  grads = materialise(shapes, 1, DTYPES[dtype])
+  if dtype != "float32":
+    name = f"{name} {dtype}"
   n_bytes = sum(x.nbytes for x in jax.tree.leaves(params))
   rows, steps = {}, {}
   for opt in names:
@@ -285,6 +290,8 @@ def main(argv=None):
   ap.add_argument("--compile-reps", type=int, default=1,
                   help="compile each step this many times, interleaved, and report the median "
                        "(one compile swings by a quarter on a loaded machine)")
+  ap.add_argument("--dtype", default="float32", choices=list(DTYPES),
+                  help="dtype of the params and gradients")
   ap.add_argument("--json", default="")
   ap.add_argument("--plot", default="", help="write a PNG of step time and memory")
   args = ap.parse_args(argv)
@@ -297,7 +304,7 @@ def main(argv=None):
   for tree in args.trees:
     t0 = time.perf_counter()
     results.append(bench_tree(tree, TREES[tree](), args.optimizers, args.reps,
-                              args.compile_reps))
+                              args.compile_reps, args.dtype))
     print(f"{tree}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
   print(markdown(results))
   if args.json:

@@ -10,6 +10,8 @@ import sys
 import jax
 import pytest
 
+from adafactor_jax._src import fused
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -62,6 +64,21 @@ def test_benchmark_runs_on_a_tiny_tree(tmp_path):
   assert rows["keras.optimizers.Adafactor"]["state_mb"] > 10 * ours["state_mb"]
   # no full-size temporaries: under 10% of the 0.79 MB of params
   assert ours["temp_mb"] < 0.1 * results[0]["param_mb"]
+
+
+def test_benchmark_in_bfloat16(monkeypatch):
+  """``--dtype bfloat16``: params and gradients in bf16, the tree labelled with its dtype. The
+  half-precision reductions run in blocks (of 2**14 elements here, so that this small tree has
+  several): no full-size float32 copies in the compiled step."""
+  bench = load("run", "benchmarks")
+  monkeypatch.setattr(fused, "BLOCK_ELEMENTS", 1 << 14)
+  s = lambda *shape: jax.ShapeDtypeStruct(shape, jax.numpy.float32)
+  bench.TREES["tiny"] = lambda: {"embed": s(2048, 256), "kernel": s(256, 1024), "bias": s(256)}
+  results = bench.main(["--trees", "tiny", "--reps", "1", "--dtype", "bfloat16", "--optimizers",
+                        "adafactor_jax.adafactor", "optax.adam"])
+  assert results[0]["tree"] == "tiny bfloat16"
+  assert results[0]["param_mb"] == pytest.approx((2048 * 256 + 256 * 1024 + 256) * 2 / 1e6)
+  assert results[0]["rows"]["adafactor_jax.adafactor"]["temp_mb"] < 0.1 * results[0]["param_mb"]
 
 
 @pytest.mark.parametrize("flag", ["--reps", "--compile-reps"])

@@ -165,3 +165,44 @@ def test_nan_statistics_still_give_nan_updates():
   bad = state[0]._replace(v_col=jax.tree.map(lambda c: c.at[0].set(jnp.nan), state[0].v_col))
   updates, _ = jax.jit(tx.update)(params, (bad,) + tuple(state[1:]), params)
   assert all(bool(np.isnan(np.asarray(u)).any()) for u in jax.tree.leaves(updates))
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_half_precision_reductions_leave_no_full_size_temporaries(dtype, monkeypatch):
+  """XLA:CPU reduces float32 only: each reduction of a half-precision leaf reads a stored
+  float32 copy of it. In blocks chained one after the other (`fused.Link`), one block's copy
+  exists at a time. Blocks of 2**14 elements here, so that this small tree has many."""
+  monkeypatch.setattr(fused, "BLOCK_ELEMENTS", 1 << 14)
+  params = {"embed": jnp.zeros((2048, 256), dtype), "kernel": jnp.zeros((256, 1024), dtype),
+            "qkv": jnp.zeros((256, 3, 4, 64), dtype), "bias": jnp.zeros(1024, dtype)}
+  tx = af.adafactor(1e-3, momentum=0.9, weight_decay_rate=1e-3)
+  fraction = _temp_fraction(tx, params)
+  assert fraction <= 0.10, f"temporaries are {fraction:.1%} of the parameter bytes"
+  # Without the blocks, the float32 copies are all there (the check above can fail).
+  monkeypatch.setattr(fused, "_blocked", lambda inputs, shape: False)
+  assert _temp_fraction(tx, params) >= 1.0
+
+
+@pytest.mark.parametrize("axes", [(0,), (1,), (0, 1), (1, 2)])
+def test_mean_in_blocks_equals_mean(axes):
+  """`fused.mean` of a large half-precision array (in blocks of rows, float32 sums) equals
+  jnp.mean of its float32 values; a NaN in one array's block makes only that array's mean NaN
+  (the link between blocks stays an exact zero)."""
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(300, 17, 16)), jnp.bfloat16)
+  assert x.size >= fused.MIN_SIZE_APART
+  bad = x.at[299, 3, 2].set(jnp.nan)
+
+  def means(a, b):
+    link = fused.Link()
+    sq = lambda u: jnp.square(u.astype(jnp.float32))
+    return (fused.mean(sq, [a], a.shape, axes, link), fused.mean(sq, [b], b.shape, axes, link,
+                                                                 keepdims=True))
+
+  got_bad, got = jax.jit(means)(bad, x)
+  want = jnp.mean(jnp.square(x.astype(jnp.float32)), axis=axes, keepdims=True)
+  want_bad = jnp.mean(jnp.square(bad.astype(jnp.float32)), axis=axes)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=2e-6)
+  np.testing.assert_allclose(np.asarray(got_bad), np.asarray(want_bad), rtol=2e-6,
+                             equal_nan=True)
+  assert bool(jnp.isnan(got_bad).any()) and bool(jnp.isfinite(got).all())

@@ -4,6 +4,8 @@ momentum, weight decay and its masks. None of them flips the sign except
 
 from __future__ import annotations
 
+import functools
+import math
 import re
 from typing import Any
 from typing import Callable
@@ -29,21 +31,34 @@ from adafactor_jax._src.factored import as_dtype
 MaskOrFn = Union[Any, Callable[[optax.Params], Any], None]
 
 
-def block_rms(x: jax.Array, plan: factoring.LeafPlan, dtype: DTypeLike) -> jax.Array:
+def block_rms(x: jax.Array, plan: factoring.LeafPlan, dtype: DTypeLike,
+              link: Optional[fused.Link] = None) -> jax.Array:
   """RMS of `x` over all dims but the batch dims, computed in `dtype`: a scalar when that is all
-  dims, else an array that broadcasts against `x` (keepdims).
+  dims, else an array that broadcasts against `x` (keepdims). With `link`, a large
+  half-precision `x` is reduced in blocks (`fused.mean`).
 
   Arithmetic on the scalar stays scalar: on arrays of shape ``(1,) * x.ndim`` XLA's simplifier
   takes four more rounds over the whole program to make it scalar again. `fused.Deferred.scale`
   gives it the ``(1,) * x.ndim`` shape (`fused.like_leaf`) only where it meets the leaf before
   the final pass, so that the compiled arithmetic is the blocks' own.
   """
-  axes = plan.rms_axes(x.ndim)
-  keepdims = len(axes) < x.ndim
-  sq = jnp.real(x * jnp.conj(x)) if jnp.iscomplexobj(x) else x * x
-  if x.size == 0:
-    return jnp.zeros([1] * x.ndim if keepdims else [], dtype)
-  return jnp.sqrt(jnp.mean(sq.astype(dtype), axis=axes, keepdims=keepdims))
+  return _rms(lambda elem, axes, keepdims: fused.mean(elem, [x], x.shape, axes, link,
+                                                      keepdims=keepdims), x.shape, plan, dtype)
+
+
+def _rms(mean: Callable[..., jax.Array], shape: tuple, plan: factoring.LeafPlan,
+         dtype: DTypeLike) -> jax.Array:
+  """`block_rms` of the array whose ``mean(elem, axes, keepdims=...)`` of ``elem(array)`` is
+  given (see `fused.mean`)."""
+  axes = plan.rms_axes(len(shape))
+  keepdims = len(axes) < len(shape)
+  if math.prod(shape) == 0:
+    return jnp.zeros([1] * len(shape) if keepdims else [], dtype)
+
+  def elem(x):
+    return (jnp.real(x * jnp.conj(x)) if jnp.iscomplexobj(x) else x * x).astype(dtype)
+
+  return jnp.sqrt(mean(elem, axes, keepdims=keepdims))
 
 
 def _plans(rules: Optional[factoring.FactorRules], leaves: list[fused.Deferred],
@@ -100,9 +115,9 @@ def clip_by_block_rms(
   def kernel(leaves, state, params, ctx):
     del params
     for d, plan in zip(leaves, _plans(rules, leaves, ctx)):
+      dtype = d.dtype if d.dtype != jnp.float16 else jnp.float32
       # The RMS is a reduction of the update's formula: the update itself is not stored.
-      rms = block_rms(d.value_apart("rms"), plan,
-                      d.dtype if d.dtype != jnp.float16 else jnp.float32)
+      rms = _rms(functools.partial(d.mean_apart, "rms", link=ctx.link), d.shape, plan, dtype)
       if not (isinstance(threshold, (int, float)) and threshold == 1):
         rms = rms / threshold
       d.scale(jnp.maximum(1.0, rms), divide=True)
@@ -190,7 +205,7 @@ def scale_by_param_block_rms(
         continue
       dtype = jnp.promote_types(jnp.finfo(p.dtype).dtype if jnp.iscomplexobj(p) else p.dtype,
                                 jnp.float32)
-      scale = jnp.maximum(block_rms(p, plan, dtype), min_scale)
+      scale = jnp.maximum(block_rms(p, plan, dtype, ctx.link), min_scale)
       if max_scale is not None:
         scale = jnp.minimum(scale, max_scale)
       if not isinstance(m, (bool, np.bool_)):
@@ -461,7 +476,8 @@ def add_decayed_weights(
       if param_scale_min is not None:
         rms_dtype = jnp.promote_types(p.dtype, jnp.float32)
         rate = fused.like_leaf(
-            wd * jnp.maximum(block_rms(p, factoring.UNFACTORED, rms_dtype), param_scale_min),
+            wd * jnp.maximum(block_rms(p, factoring.UNFACTORED, rms_dtype, ctx.link),
+                             param_scale_min),
             p.ndim)
       if not isinstance(m, (bool, np.bool_)):
         d.then(_decay_where, p, rate, m)

@@ -150,8 +150,8 @@ def _times_clamped_rsqrt(u, v, floor_sq, tiny):
   return u * jax.lax.rsqrt(jnp.maximum(jnp.maximum(v, floor_sq), tiny))
 
 
-def _mean_sq(d: fused.Deferred, plan: factoring.LeafPlan,
-             dtype: jnp.dtype) -> tuple[jax.Array, jax.Array]:
+def _mean_sq(d: fused.Deferred, plan: factoring.LeafPlan, dtype: jnp.dtype,
+             link: fused.Link) -> tuple[jax.Array, jax.Array]:
   """Means of ``|u|**2`` over the col dims and over the row dims (unsaturated), in `dtype`.
 
   Each reads the update's formula on inputs XLA cannot share with the other (see `fused`), and
@@ -159,7 +159,7 @@ def _mean_sq(d: fused.Deferred, plan: factoring.LeafPlan,
   """
   sums = []
   for purpose, axes in (("row", plan.col_dims), ("col", plan.row_dims)):
-    sums.append(jnp.mean(square(d.value_apart(purpose, full_size=True), dtype), axis=axes))
+    sums.append(d.mean_apart(purpose, lambda u: square(u, dtype), axes, link, full_size=True))
   return sums[0], sums[1]
 
 
@@ -327,7 +327,7 @@ def scale_by_factored_rms(
       if plan.factored:
         # Each mean reads the gradient on its own: no full-size g**2 is shared between them
         # (see `fused`); they saturate after the mean, not element by element.
-        row_sq, col_sq = map(saturate, _mean_sq(d, plan, dtype))
+        row_sq, col_sq = map(saturate, _mean_sq(d, plan, dtype, ctx.link))
         new_r, new_c, scale, factors = factored_second_moment(row_sq, col_sq, r, c, beta2, plan,
                                                               floor)
         out_r.append(new_r)

@@ -134,16 +134,39 @@ class Deferred:
     `full_size`, leaf-sized ones too (an elementwise add in the reduction), for a formula that
     has no smaller input.
     """
-    if self.seed is None:
+    f, inputs = self._apart(purpose, full_size)
+    return f(*inputs)
+
+  def mean_apart(self, purpose: str, elem: Callable[[jax.Array], jax.Array],
+                 axes: tuple[int, ...], link: Optional["Link"], *, keepdims: bool = False,
+                 full_size: bool = False) -> jax.Array:
+    """``jnp.mean(elem(value_apart(purpose)), axes)``, in blocks where `mean` takes them; the
+    blocks need no offsets: each reads its own slices."""
+    blocked = link is not None and _blocked(self.inputs, self.shape)
+    f, inputs = self._apart(purpose, full_size, offset=not blocked)
+    return mean(lambda *xs: elem(f(*xs)), inputs, self.shape, axes, link, keepdims=keepdims)
+
+  def _apart(self, purpose: str, full_size: bool,
+             offset: bool = True) -> tuple[Callable[..., jax.Array], list]:
+    """`value_apart` as ``f(*inputs)``: the formula and its offset inputs (not offset with
+    ``offset=False``)."""
+    if self.seed is None or not offset:
       move = _identity
     else:
       move = functools.partial(self.seed.offset, purpose)
     size = math.prod(self.shape)
-    u = self.fn(*[x if not full_size and getattr(x, "size", 0) >= size else move(x)
-                  for x in self.inputs])
-    for op, s in self.scalars:
-      u = op(u, move(like_leaf(s, len(self.shape))))
-    return u
+    inputs = [x if not full_size and getattr(x, "size", 0) >= size else move(x)
+              for x in self.inputs]
+    ops = [op for op, _ in self.scalars]
+    fn, k = self.fn, len(inputs)
+
+    def f(*xs):
+      u = fn(*xs[:k])
+      for op, x in zip(ops, xs[k:]):
+        u = op(u, x)
+      return u
+
+    return f, inputs + [move(like_leaf(s, len(self.shape))) for _, s in self.scalars]
 
   @property
   def aval(self) -> jax.ShapeDtypeStruct:
@@ -232,6 +255,86 @@ def offset(x: Any, z: Optional[jax.Array]) -> Any:
   return x + z.astype(x.dtype)
 
 
+# A reduction of a half-precision array of at least MIN_SIZE_APART elements runs in blocks of at
+# most this many (and at least two blocks; see `Link`).
+BLOCK_ELEMENTS = 1 << 21
+
+
+class Link:
+  """Puts the blocks of half-precision reductions in one sequence.
+
+  XLA:CPU reduces float32 only: a reduction of a bfloat16/float16 array reads a float32 copy of
+  it, stored in full, and XLA computes these copies for all reductions before it runs the first
+  (bf16 BERT-base: 875 MB of temporaries for 219 MB of params).
+  A large half-precision array is therefore reduced in blocks of rows (its leading axis), each
+  sliced at a start offset by an integer zero that XLA cannot fold, computed from the result of
+  the block before (this one `Link` for all reductions of one update): the copies of at most
+  three blocks exist at once, ``12 * BLOCK_ELEMENTS`` bytes (bf16 BERT-base: 9 MB). The blocks
+  need no offsets either: each reads its own slices.
+  """
+
+  def __init__(self):
+    self.zero: Optional[jax.Array] = None
+
+  def start(self, x: jax.Array) -> jax.Array:
+    """The int32 zero that the next block's slice starts at, seeded from `x` if none yet."""
+    if self.zero is None:
+      self.after(x)
+    return self.zero
+
+  def after(self, part: jax.Array) -> None:
+    """The next block waits for `part` (NaN and infinities in it give zero too)."""
+    self.zero = (part.reshape(-1)[0] > jnp.inf).astype(jnp.int32)
+
+
+def _blocked(inputs: list, shape: tuple) -> bool:
+  """Whether `mean` reduces a leaf of `shape` in blocks: a half-precision leaf-shaped input of
+  at least MIN_SIZE_APART elements, on a single CPU device (other backends reduce half
+  precision without a stored copy, and on several devices a slice of a sharded axis could
+  gather it)."""
+  if jax.default_backend() != "cpu" or jax.device_count() != 1:
+    return False
+  size = math.prod(shape)
+  return len(shape) > 0 and shape[0] > 1 and size >= MIN_SIZE_APART and any(
+      getattr(x, "shape", None) == shape and x.dtype in (jnp.bfloat16, jnp.float16)
+      for x in inputs)
+
+
+def mean(f: Callable[..., jax.Array], inputs: list, shape: tuple, axes: tuple[int, ...],
+         link: Optional[Link], *, keepdims: bool = False) -> jax.Array:
+  """``jnp.mean(f(*inputs), axes, keepdims=keepdims)``, `f` elementwise over `inputs` (arrays
+  that broadcast to `shape`).
+
+  A large half-precision `inputs` array is reduced in blocks of its leading axis, chained by
+  `link` (see `Link`; None: never in blocks): the sums of the blocks (in float32) are added, or
+  concatenated where the leading axis is kept, and divided by the count once.
+  """
+  if link is None or not _blocked(inputs, shape):
+    return jnp.mean(f(*inputs), axis=axes, keepdims=keepdims)
+  # Two blocks at least: a slice of the whole axis would be the array itself, with no link.
+  rows = max(1, min(BLOCK_ELEMENTS // math.prod(shape[1:]), -(-shape[0] // 2)))
+  parts = []
+  for first in range(0, shape[0], rows):
+    size = min(rows, shape[0] - first)
+    zero = link.start(inputs[0])
+    # Rows of the leaf-shaped inputs (and of factors along the leading axis); the other inputs
+    # offset by the same zero, so that no broadcast of them is shared between blocks either.
+    block = [jax.lax.dynamic_slice_in_dim(x, first + zero, size, axis=0)
+             if getattr(x, "ndim", 0) == len(shape) and x.shape[0] == shape[0] else
+             offset(x, zero.astype(jnp.float32)) for x in inputs]
+    y = f(*block)
+    part = jnp.sum(y, axis=axes, keepdims=True, dtype=jnp.promote_types(y.dtype, jnp.float32))
+    link.after(part)
+    parts.append(part)
+  if 0 in axes:
+    total = functools.reduce(jnp.add, parts)
+  else:
+    total = jnp.concatenate(parts, axis=0)
+  count = math.prod(shape[a] for a in axes)
+  total = (total / count).astype(y.dtype)
+  return total if keepdims else jnp.squeeze(total, axis=axes)
+
+
 class Context:
   """What kernels share in one update: the updates' tree, key paths and extra args."""
 
@@ -239,6 +342,7 @@ class Context:
     flat, self.treedef = tree_util.tree_flatten_with_path(updates)
     self.paths = [tree_lib.path_str(p) for p, _ in flat]
     self.extra_args = extra_args
+    self.link = Link()
 
   def like(self, leaves: list[Deferred]) -> Any:
     """The updates' tree with a `jax.ShapeDtypeStruct` per leaf (for tree and shape checks)."""
