@@ -17,6 +17,9 @@ pass. A large leaf takes its zero from its own gradient (see `seed_from`), so th
 equal shape share no broadcast either; small leaves share one zero, which keeps the compiled
 program small. And as little elementwise work as possible happens inside a reduction, where it
 costs time on the CPU.
+
+Half-precision leaves are reduced in chained blocks instead (see `Link`): XLA:CPU's reductions
+read float32 copies of them, which would otherwise all be stored at once.
 """
 
 from __future__ import annotations
@@ -255,8 +258,9 @@ def offset(x: Any, z: Optional[jax.Array]) -> Any:
   return x + z.astype(x.dtype)
 
 
-# A reduction of a half-precision array of at least MIN_SIZE_APART elements runs in blocks of at
-# most this many (and at least two blocks; see `Link`).
+# A reduction of a half-precision array of at least MIN_SIZE_APART elements runs in blocks of
+# whole rows, about this many elements each (at least one row, and at least two blocks; see
+# `Link`).
 BLOCK_ELEMENTS = 1 << 21
 
 
