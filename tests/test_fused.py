@@ -167,26 +167,39 @@ def test_nan_statistics_still_give_nan_updates():
   assert all(bool(np.isnan(np.asarray(u)).any()) for u in jax.tree.leaves(updates))
 
 
+HALF_TREES = {
+    # unfactored qkv (64 < 128), momentum and weight decay
+    "momentum_wd": (lambda dt: {"embed": jnp.zeros((2048, 256), dt),
+                                "kernel": jnp.zeros((256, 1024), dt),
+                                "qkv": jnp.zeros((256, 3, 4, 64), dt), "bias": jnp.zeros(1024, dt)},
+                    lambda: af.adafactor(1e-3, momentum=0.9, weight_decay_rate=1e-3)),
+    # t5x's global-norm clipping: one more reduction of every leaf
+    "global_norm": (lambda dt: {"embed": jnp.zeros((2048, 256), dt),
+                                "kernel": jnp.zeros((256, 1024), dt), "bias": jnp.zeros(1024, dt)},
+                    lambda: af.adafactor(1e-3, global_norm_clip_threshold=1.0)),
+}
+
+
+@pytest.mark.parametrize("name", list(HALF_TREES))
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
-def test_half_precision_reductions_leave_no_full_size_temporaries(dtype, monkeypatch):
+def test_half_precision_reductions_leave_no_full_size_temporaries(dtype, name, monkeypatch):
   """XLA:CPU reduces float32 only: each reduction of a half-precision leaf reads a stored
-  float32 copy of it. In blocks chained one after the other (`fused.Link`), one block's copy
-  exists at a time. Blocks of 2**14 elements here, so that this small tree has many."""
+  float32 copy of it. In blocks chained one after the other (`fused.Link`), the copies of a few
+  blocks exist at a time. Blocks of 2**14 elements here, so that this small tree has many."""
   monkeypatch.setattr(fused, "BLOCK_ELEMENTS", 1 << 14)
-  params = {"embed": jnp.zeros((2048, 256), dtype), "kernel": jnp.zeros((256, 1024), dtype),
-            "qkv": jnp.zeros((256, 3, 4, 64), dtype), "bias": jnp.zeros(1024, dtype)}
-  tx = af.adafactor(1e-3, momentum=0.9, weight_decay_rate=1e-3)
-  fraction = _temp_fraction(tx, params)
+  tree, tx = HALF_TREES[name]
+  params = tree(dtype)
+  fraction = _temp_fraction(tx(), params)
   assert fraction <= 0.10, f"temporaries are {fraction:.1%} of the parameter bytes"
   # Without the blocks, the float32 copies are all there (the check above can fail).
   monkeypatch.setattr(fused, "_blocked", lambda inputs, shape: False)
-  assert _temp_fraction(tx, params) >= 1.0
+  assert _temp_fraction(tx(), params) >= 1.0
 
 
 @pytest.mark.parametrize("axes", [(0,), (1,), (0, 1), (1, 2)])
 def test_mean_in_blocks_equals_mean(axes):
-  """`fused.mean` of a large half-precision array (in blocks of rows, float32 sums) equals
-  jnp.mean of its float32 values; a NaN in one array's block makes only that array's mean NaN
+  """`fused.mean` (and `fused.total`) of a large half-precision array (in blocks of rows,
+  float32 sums) equals jnp.mean (jnp.sum) of its float32 values; a NaN in one array's block makes only that array's mean NaN
   (the link between blocks stays an exact zero)."""
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.normal(size=(300, 17, 16)), jnp.bfloat16)
@@ -200,6 +213,10 @@ def test_mean_in_blocks_equals_mean(axes):
                                                                  keepdims=True))
 
   got_bad, got = jax.jit(means)(bad, x)
+  if axes == (0, 1):  # `fused.total`: the same blocks, summed over all axes
+    sq = lambda u: jnp.square(u.astype(jnp.float32))
+    got_total = jax.jit(lambda a: fused.total(sq, [a], a.shape, fused.Link()))(x)
+    np.testing.assert_allclose(float(got_total), float(jnp.sum(sq(x))), rtol=2e-6)
   want = jnp.mean(jnp.square(x.astype(jnp.float32)), axis=axes, keepdims=True)
   want_bad = jnp.mean(jnp.square(bad.astype(jnp.float32)), axis=axes)
   np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=2e-6)

@@ -135,10 +135,10 @@ def clip_by_global_norm_fused(max_norm: ArrayLike) -> optax.GradientTransformati
     return jnp.square(x.real) + jnp.square(x.imag)
 
   def kernel(leaves, state, params, ctx):
-    del params, ctx
+    del params
     sq_norm = 0
     for d in leaves:
-      sq_norm = sq_norm + jnp.sum(square(d.value_apart("global_norm")))
+      sq_norm = sq_norm + d.total_apart("global_norm", square, ctx.link)
     g_norm = jnp.array(jnp.sqrt(sq_norm))
     trigger = jnp.squeeze(g_norm < max_norm)
     # optax's select(trigger, t, (t / g_norm) * max_norm) as (t / 1) * 1 or (t / g_norm) *

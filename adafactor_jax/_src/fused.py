@@ -143,11 +143,22 @@ class Deferred:
   def mean_apart(self, purpose: str, elem: Callable[[jax.Array], jax.Array],
                  axes: tuple[int, ...], link: Optional["Link"], *, keepdims: bool = False,
                  full_size: bool = False) -> jax.Array:
-    """``jnp.mean(elem(value_apart(purpose)), axes)``, in blocks where `mean` takes them; the
-    blocks need no offsets: each reads its own slices."""
-    blocked = link is not None and _blocked(self.inputs, self.shape)
-    f, inputs = self._apart(purpose, full_size, offset=not blocked)
+    """``jnp.mean(elem(value_apart(purpose)), axes)``, in blocks where `mean` takes them (the
+    blocks need no offsets: each reads its own slices)."""
+    f, inputs = self._apart_for(purpose, full_size, link)
     return mean(lambda *xs: elem(f(*xs)), inputs, self.shape, axes, link, keepdims=keepdims)
+
+  def total_apart(self, purpose: str, elem: Callable[[jax.Array], jax.Array],
+                  link: Optional["Link"]) -> jax.Array:
+    """``jnp.sum(elem(value_apart(purpose)))``, in blocks where `total` takes them."""
+    f, inputs = self._apart_for(purpose, False, link)
+    return total(lambda *xs: elem(f(*xs)), inputs, self.shape, link)
+
+  def _apart_for(self, purpose: str, full_size: bool,
+                 link: Optional["Link"]) -> tuple[Callable[..., jax.Array], list]:
+    """`_apart` for a reduction: not offset where it runs in blocks."""
+    return self._apart(purpose, full_size,
+                       offset=link is None or not _blocked(self.inputs, self.shape))
 
   def _apart(self, purpose: str, full_size: bool,
              offset: bool = True) -> tuple[Callable[..., jax.Array], list]:
@@ -315,6 +326,26 @@ def mean(f: Callable[..., jax.Array], inputs: list, shape: tuple, axes: tuple[in
   """
   if link is None or not _blocked(inputs, shape):
     return jnp.mean(f(*inputs), axis=axes, keepdims=keepdims)
+  total, dtype = _sum_blocks(f, inputs, shape, axes, link)
+  total = (total / math.prod(shape[a] for a in axes)).astype(dtype)
+  return total if keepdims else jnp.squeeze(total, axis=axes)
+
+
+def total(f: Callable[..., jax.Array], inputs: list, shape: tuple,
+          link: Optional[Link]) -> jax.Array:
+  """``jnp.sum(f(*inputs))`` over all axes, in blocks as `mean` for a large half-precision
+  `inputs` array (the float32 sum of the blocks, in the dtype of `f`)."""
+  if link is None or not _blocked(inputs, shape):
+    return jnp.sum(f(*inputs))
+  axes = tuple(range(len(shape)))
+  out, dtype = _sum_blocks(f, inputs, shape, axes, link)
+  return out.astype(dtype).reshape(())
+
+
+def _sum_blocks(f: Callable[..., jax.Array], inputs: list, shape: tuple, axes: tuple[int, ...],
+                link: Link) -> tuple[jax.Array, jnp.dtype]:
+  """The float32 (or wider) sum of ``f(*inputs)`` over `axes` (kept), in blocks of whole rows
+  chained by `link`, and the dtype of `f`'s values."""
   # Two blocks at least: a slice of the whole axis would be the array itself, with no link.
   rows = max(1, min(BLOCK_ELEMENTS // math.prod(shape[1:]), -(-shape[0] // 2)))
   parts = []
@@ -331,12 +362,8 @@ def mean(f: Callable[..., jax.Array], inputs: list, shape: tuple, axes: tuple[in
     link.after(part)
     parts.append(part)
   if 0 in axes:
-    total = functools.reduce(jnp.add, parts)
-  else:
-    total = jnp.concatenate(parts, axis=0)
-  count = math.prod(shape[a] for a in axes)
-  total = (total / count).astype(y.dtype)
-  return total if keepdims else jnp.squeeze(total, axis=axes)
+    return functools.reduce(jnp.add, parts), y.dtype
+  return jnp.concatenate(parts, axis=0), y.dtype
 
 
 class Context:
