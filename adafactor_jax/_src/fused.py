@@ -326,9 +326,9 @@ def mean(f: Callable[..., jax.Array], inputs: list, shape: tuple, axes: tuple[in
   """
   if link is None or not _blocked(inputs, shape):
     return jnp.mean(f(*inputs), axis=axes, keepdims=keepdims)
-  total, dtype = _sum_blocks(f, inputs, shape, axes, link)
-  total = (total / math.prod(shape[a] for a in axes)).astype(dtype)
-  return total if keepdims else jnp.squeeze(total, axis=axes)
+  sums, dtype = _sum_blocks(f, inputs, shape, axes, link)
+  means = (sums / math.prod(shape[a] for a in axes)).astype(dtype)
+  return means if keepdims else jnp.squeeze(means, axis=axes)
 
 
 def total(f: Callable[..., jax.Array], inputs: list, shape: tuple,
