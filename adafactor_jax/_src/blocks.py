@@ -42,14 +42,13 @@ def block_rms(x: jax.Array, plan: factoring.LeafPlan, dtype: DTypeLike,
   gives it the ``(1,) * x.ndim`` shape (`fused.like_leaf`) only where it meets the leaf before
   the final pass, so that the compiled arithmetic is the blocks' own.
   """
-  return _rms(lambda elem, axes, keepdims: fused.mean(elem, [x], x.shape, axes, link,
-                                                      keepdims=keepdims), x.shape, plan, dtype)
+  return _rms(lambda reduce, elem: reduce(elem, [x], x.shape, link=link), x.shape, plan, dtype)
 
 
-def _rms(mean: Callable[..., jax.Array], shape: tuple, plan: factoring.LeafPlan,
+def _rms(apply: Callable[..., jax.Array], shape: tuple, plan: factoring.LeafPlan,
          dtype: DTypeLike) -> jax.Array:
-  """`block_rms` of the array whose ``mean(elem, axes, keepdims=...)`` of ``elem(array)`` is
-  given (see `fused.mean`)."""
+  """`block_rms` of the array `a` of `shape` for which ``apply(reduce, elem)`` is
+  ``reduce(elem(a))`` (as `fused.Deferred.reduce_apart`)."""
   axes = plan.rms_axes(len(shape))
   keepdims = len(axes) < len(shape)
   if math.prod(shape) == 0:
@@ -58,7 +57,7 @@ def _rms(mean: Callable[..., jax.Array], shape: tuple, plan: factoring.LeafPlan,
   def elem(x):
     return (jnp.real(x * jnp.conj(x)) if jnp.iscomplexobj(x) else x * x).astype(dtype)
 
-  return jnp.sqrt(mean(elem, axes, keepdims=keepdims))
+  return jnp.sqrt(apply(functools.partial(fused.mean, axes=axes, keepdims=keepdims), elem))
 
 
 def _plans(rules: Optional[factoring.FactorRules], leaves: list[fused.Deferred],
@@ -117,7 +116,7 @@ def clip_by_block_rms(
     for d, plan in zip(leaves, _plans(rules, leaves, ctx)):
       dtype = d.dtype if d.dtype != jnp.float16 else jnp.float32
       # The RMS is a reduction of the update's formula: the update itself is not stored.
-      rms = _rms(functools.partial(d.mean_apart, "rms", link=ctx.link), d.shape, plan, dtype)
+      rms = _rms(functools.partial(d.reduce_apart, "rms", link=ctx.link), d.shape, plan, dtype)
       if not (isinstance(threshold, (int, float)) and threshold == 1):
         rms = rms / threshold
       d.scale(jnp.maximum(1.0, rms), divide=True)
@@ -138,7 +137,7 @@ def clip_by_global_norm_fused(max_norm: ArrayLike) -> optax.GradientTransformati
     del params
     sq_norm = 0
     for d in leaves:
-      sq_norm = sq_norm + d.total_apart("global_norm", square, ctx.link)
+      sq_norm = sq_norm + d.reduce_apart("global_norm", fused.total, square, ctx.link)
     g_norm = jnp.array(jnp.sqrt(sq_norm))
     trigger = jnp.squeeze(g_norm < max_norm)
     # optax's select(trigger, t, (t / g_norm) * max_norm) as (t / 1) * 1 or (t / g_norm) *

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any
 from typing import Callable
@@ -159,7 +160,8 @@ def _mean_sq(d: fused.Deferred, plan: factoring.LeafPlan, dtype: jnp.dtype,
   """
   sums = []
   for purpose, axes in (("row", plan.col_dims), ("col", plan.row_dims)):
-    sums.append(d.mean_apart(purpose, lambda u: square(u, dtype), axes, link, full_size=True))
+    sums.append(d.reduce_apart(purpose, functools.partial(fused.mean, axes=axes),
+                               lambda u: square(u, dtype), link, full_size=True))
   return sums[0], sums[1]
 
 

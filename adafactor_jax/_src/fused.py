@@ -140,25 +140,15 @@ class Deferred:
     f, inputs = self._apart(purpose, full_size)
     return f(*inputs)
 
-  def mean_apart(self, purpose: str, elem: Callable[[jax.Array], jax.Array],
-                 axes: tuple[int, ...], link: Optional["Link"], *, keepdims: bool = False,
-                 full_size: bool = False) -> jax.Array:
-    """``jnp.mean(elem(value_apart(purpose)), axes)``, in blocks where `mean` takes them (the
-    blocks need no offsets: each reads its own slices)."""
-    f, inputs = self._apart_for(purpose, full_size, link)
-    return mean(lambda *xs: elem(f(*xs)), inputs, self.shape, axes, link, keepdims=keepdims)
-
-  def total_apart(self, purpose: str, elem: Callable[[jax.Array], jax.Array],
-                  link: Optional["Link"]) -> jax.Array:
-    """``jnp.sum(elem(value_apart(purpose)))``, in blocks where `total` takes them."""
-    f, inputs = self._apart_for(purpose, False, link)
-    return total(lambda *xs: elem(f(*xs)), inputs, self.shape, link)
-
-  def _apart_for(self, purpose: str, full_size: bool,
-                 link: Optional["Link"]) -> tuple[Callable[..., jax.Array], list]:
-    """`_apart` for a reduction: not offset where it runs in blocks."""
-    return self._apart(purpose, full_size,
-                       offset=link is None or not _blocked(self.inputs, self.shape))
+  def reduce_apart(self, purpose: str, reduce: Callable[..., jax.Array],
+                   elem: Callable[[jax.Array], jax.Array], link: Optional["Link"], *,
+                   full_size: bool = False) -> jax.Array:
+    """``reduce(elem(value_apart(purpose)))`` for `reduce` `mean` (its axes given) or `total`,
+    which run in blocks where they take them (the blocks need no offsets: each reads its own
+    slices)."""
+    blocked = link is not None and _blocked(self.inputs, self.shape)
+    f, inputs = self._apart(purpose, full_size, offset=not blocked)
+    return reduce(lambda *xs: elem(f(*xs)), inputs, self.shape, link=link)
 
   def _apart(self, purpose: str, full_size: bool,
              offset: bool = True) -> tuple[Callable[..., jax.Array], list]:
