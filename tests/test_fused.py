@@ -136,6 +136,16 @@ TEMP_PRESETS = {
     # and XLA copies it first (a temporary of the buffer's size; see the README)
     "big_vision_adafactor": lambda: af.big_vision_adafactor(1e-3, weight_decay=1e-4,
                                                             dtype_momentum=jnp.float32),
+    # the clipping divide before an unfactored leaf's second moment (qkv)
+    "adafactor_global_norm": lambda: af.adafactor(1e-3, global_norm_clip_threshold=1.0),
+    # Keras's base-optimizer features extend the formula too (they stored their output)
+    "keras_adafactor_clipnorm_wd_loss_scale_ema": lambda: af.keras_adafactor(
+        1e-3, weight_decay=1e-2, clipnorm=1.0, loss_scale_factor=8.0, use_ema=True,
+        exclude_from_weight_decay=["bias"]),
+    "keras_adafactor_global_clipnorm": lambda: af.keras_adafactor(
+        1e-3, global_clipnorm=1.0, loss_scale_factor=8.0),
+    "keras_adafactor_clipvalue": lambda: af.keras_adafactor(1e-3, clipvalue=1.0,
+                                                            weight_decay=1e-2),
 }
 
 
@@ -154,6 +164,27 @@ def test_no_full_size_temporaries(name):
   tx = TEMP_PRESETS[name]()
   fraction = _temp_fraction(tx, params)
   assert fraction <= 0.10, f"{name}: temporaries are {fraction:.1%} of the parameter bytes"
+
+
+@pytest.mark.parametrize("factory", [af.adadelta, af.keras_adadelta])
+def test_adadelta_stores_no_update(factory):
+  """Adadelta has no reduction; its update (a division) is computed for the new E[delta**2]
+  and again in the final pass instead of stored (200% before). What remains is XLA's copy of
+  E[delta**2]: the final pass reads the old one, which the state output overwrites."""
+  params = {"kernel": jnp.zeros((256, 1024)), "bias": jnp.zeros(1024)}
+  fraction = _temp_fraction(factory(1.0, weight_decay=1e-3), params)
+  assert fraction <= 1.02, f"temporaries are {fraction:.1%} of the parameter bytes"
+
+
+def test_gradient_accumulation_stores_only_the_update():
+  """With Keras's gradient accumulation the update comes out of a `lax.cond` (the inner step
+  runs on update steps only), and a cond's output is a buffer of its own: that one update is
+  all that is stored. The mean gradient is the inner step's formula, and the sums are written
+  in place after the cond (300% before)."""
+  params = {"kernel": jnp.zeros((256, 1024)), "bias": jnp.zeros(1024)}
+  tx = af.keras_adafactor(1e-3, gradient_accumulation_steps=3, weight_decay=1e-2, clipnorm=1.0)
+  fraction = _temp_fraction(tx, params)
+  assert fraction <= 1.02, f"temporaries are {fraction:.1%} of the parameter bytes"
 
 
 def test_nan_statistics_still_give_nan_updates():

@@ -12,6 +12,7 @@ import optax
 from jax.typing import ArrayLike
 from jax.typing import DTypeLike
 
+from adafactor_jax._src import fused
 from adafactor_jax._src import tree as tree_lib
 from adafactor_jax._src import validation
 from adafactor_jax._src.factored import abs_sq
@@ -66,21 +67,30 @@ def scale_by_adadelta(
     zeros = lambda p: jnp.zeros(p.shape, stats_dtype_for(p.dtype, stats_dtype))
     return ScaleByAdadeltaState(e_g=jax.tree.map(zeros, params), e_x=jax.tree.map(zeros, params))
 
-  def update_fn(updates, state, params=None, **extra_args):
-    del params, extra_args
-    treedef = tree_lib.check_same_tree(name, state.e_g, updates)
-    out, e_gs, e_xs = [], [], []
-    for g, e_g, e_x in zip(jax.tree.leaves(updates), treedef.flatten_up_to(state.e_g),
+  def kernel(leaves, state, params, ctx):
+    del params
+    treedef = tree_lib.check_same_tree(name, state.e_g, ctx.like(leaves))
+    e_gs, e_xs = [], []
+    for d, e_g, e_x in zip(leaves, treedef.flatten_up_to(state.e_g),
                            treedef.flatten_up_to(state.e_x)):
-      dtype = e_g.dtype
-      new_e_g = ((1.0 - rho) * abs_sq(g, dtype) + rho * e_g).astype(dtype)
-      delta = jnp.sqrt(e_x + eps) / jnp.sqrt(new_e_g + eps) * g.astype(
-          jnp.result_type(g.dtype, dtype))
-      new_e_x = ((1.0 - rho) * abs_sq(delta, dtype) + rho * e_x).astype(dtype)
-      out.append(delta.astype(g.dtype))
+      ctx.seed(d)
+      dtype, work = e_g.dtype, jnp.result_type(d.dtype, e_g.dtype)
+      new_e_g = ((1.0 - rho) * abs_sq(d.value_apart("v"), dtype) + rho * e_g).astype(dtype)
+
+      def delta(g, e_x, new_e_g, eps, work=work):
+        return jnp.sqrt(e_x + eps) / jnp.sqrt(new_e_g + eps) * g.astype(work)
+
+      # The update is a formula (see `fused`): computed apart for the new E[delta**2], and
+      # again in the final pass, never stored.
+      args = (e_x, new_e_g, fused.operand(eps, dtype, len(d.shape)))
+      unrounded = d.fork()
+      unrounded.then(delta, *args)
+      unrounded.dtype = work  # (delta before it is rounded to the update's dtype)
+      new_e_x = ((1.0 - rho) * abs_sq(unrounded.value_apart("delta"), dtype) + rho * e_x
+                 ).astype(dtype)
+      d.then(lambda g, *a, delta=delta: delta(g, *a).astype(g.dtype), *args)
       e_gs.append(new_e_g)
       e_xs.append(new_e_x)
-    return treedef.unflatten(out), ScaleByAdadeltaState(
-        e_g=treedef.unflatten(e_gs), e_x=treedef.unflatten(e_xs))
+    return ScaleByAdadeltaState(e_g=treedef.unflatten(e_gs), e_x=treedef.unflatten(e_xs))
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  return fused.transformation(init_fn, kernel)

@@ -114,6 +114,7 @@ def clip_by_block_rms(
   def kernel(leaves, state, params, ctx):
     del params
     for d, plan in zip(leaves, _plans(rules, leaves, ctx)):
+      ctx.seed(d)
       dtype = d.dtype if d.dtype != jnp.float16 else jnp.float32
       # The RMS is a reduction of the update's formula: the update itself is not stored.
       rms = _rms(functools.partial(d.reduce_apart, "rms", link=ctx.link), d.shape, plan, dtype)
@@ -137,6 +138,7 @@ def clip_by_global_norm_fused(max_norm: ArrayLike) -> optax.GradientTransformati
     del params
     sq_norm = 0
     for d in leaves:
+      ctx.seed(d)
       sq_norm = sq_norm + d.reduce_apart("global_norm", fused.total, square, ctx.link)
     g_norm = jnp.array(jnp.sqrt(sq_norm))
     trigger = jnp.squeeze(g_norm < max_norm)

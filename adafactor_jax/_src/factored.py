@@ -336,7 +336,10 @@ def scale_by_factored_rms(
         out_c.append(new_c)
         out_v.append(None)
       else:
-        new_v = (beta2 * v + one_minus_beta2 * saturate(square(d.value(), dtype))).astype(dtype)
+        # The formula on inputs of its own (see `fused`): a clipping divide before this block is
+        # then not shared with the final pass, which would store the clipped update.
+        new_v = (beta2 * v + one_minus_beta2 * saturate(square(d.value_apart("v"), dtype))
+                 ).astype(dtype)
         if dtype not in tinies:  # see factored_second_moment
           tinies[dtype] = jnp.asarray(jnp.finfo(dtype).tiny, dtype)
         tiny = tinies[dtype]

@@ -172,6 +172,13 @@ class Deferred:
 
     return f, inputs + [move(like_leaf(s, len(self.shape))) for _, s in self.scalars]
 
+  def fork(self) -> "Deferred":
+    """A copy of this leaf's formula that can be extended without changing this one."""
+    e = Deferred.__new__(Deferred)
+    e.fn, e.inputs, e.shape, e.dtype = self.fn, self.inputs, self.shape, self.dtype
+    e.seed, e.scalars = self.seed, list(self.scalars)
+    return e
+
   @property
   def aval(self) -> jax.ShapeDtypeStruct:
     return jax.ShapeDtypeStruct(self.shape, self.dtype)
@@ -187,6 +194,16 @@ def like_leaf(s: jax.Array, ndim: int) -> jax.Array:
   return s.reshape((1,) * ndim) if s.ndim == 0 else s
 
 
+def operand(x: Any, dtype: Any, ndim: int) -> jax.Array:
+  """A hyperparameter as an input of a leaf's formula (`Deferred.then`), which offsets it where
+  the formula is computed apart: a Python number (weakly typed) in `dtype`, as it would combine
+  with an array of `dtype`, any array as it is; of shape ``(1,) * ndim`` (`like_leaf`)."""
+  a = jnp.asarray(x)
+  if jax.typeof(a).weak_type:
+    a = a.astype(dtype)
+  return like_leaf(a, ndim)
+
+
 def _times(u, s):
   return (u * s.astype(u.dtype)).astype(u.dtype)
 
@@ -196,7 +213,9 @@ def _divide(u, s):
 
 
 # A distinct multiple of a leaf's zero for each kind of reduction of its formula.
-_PURPOSES = {"row": 1.0, "col": 2.0, "rms": 3.0, "global_norm": 4.0}
+# (and for the second moment of an unfactored leaf, which another pass reads too).
+_PURPOSES = {"row": 1.0, "col": 2.0, "rms": 3.0, "global_norm": 4.0, "v": 5.0, "leaf_norm": 6.0,
+             "rescale_max": 7.0, "rescale": 8.0, "delta": 9.0}
 
 
 # Leaves of at least this many elements get a zero of their own; smaller ones share one (see
@@ -243,6 +262,13 @@ def seed_from(d: "Deferred", shared: Optional[Seed]) -> Optional[Seed]:
     return shared
   first = g.reshape(-1)[0]
   return Seed(jnp.minimum(jnp.abs(first).astype(jnp.float32), 0.0))
+
+
+def opaque_zero(x: jax.Array, dtype: Any) -> jax.Array:
+  """A zero of `dtype` that XLA cannot fold, from the first element of the non-empty array `x`
+  (``x > inf``: NaN and infinities give zero too). The element is read without a reshape,
+  which would gather a sharded `x`."""
+  return (x[(0,) * x.ndim] > jnp.inf).astype(dtype)
 
 
 def shared_seed(count: jax.Array) -> Seed:
@@ -364,6 +390,17 @@ class Context:
     self.paths = [tree_lib.path_str(p) for p, _ in flat]
     self.extra_args = extra_args
     self.link = Link()
+    self._shared: Optional[Seed] = None
+
+  def seed(self, d: Deferred) -> None:
+    """Gives leaf `d` its zero (`seed_from`) if it has none yet, for a block that reduces the
+    formula before a block with state provides one; small leaves share one, whatever their
+    gradient holds (a comparison: NaN and infinities give zero too)."""
+    if d.seed is None:
+      if self._shared is None:
+        x = d.inputs[0]  # (of the leaf's shape)
+        self._shared = Seed(opaque_zero(x, jnp.float32) if x.size else jnp.float32(0))
+      d.seed = seed_from(d, self._shared)
 
   def like(self, leaves: list[Deferred]) -> Any:
     """The updates' tree with a `jax.ShapeDtypeStruct` per leaf (for tree and shape checks)."""
@@ -392,14 +429,26 @@ def _run(kernel: Kernel, updates: Any, state: Any, params: Any, extra_args: dict
   return ctx.finish(leaves), new_state
 
 
+def run_inner(transform: optax.GradientTransformationExtraArgs, kernel: Optional[Kernel],
+              leaves: list[Deferred], state: Any, params: Any, ctx: Context) -> Any:
+  """Runs `transform` (whose kernel is `kernel`, or None) on `leaves` inside a kernel; returns
+  its new state. A transformation without a kernel, or any when fusion is `disabled`, runs on
+  the updates computed so far, as in ``optax.chain``."""
+  if kernel is not None and _ENABLED[-1]:
+    return kernel(leaves, state, params, ctx)
+  updates, state = transform.update(ctx.finish(leaves), state, params, **ctx.extra_args)
+  leaves[:] = [Deferred(x) for x in ctx.treedef.flatten_up_to(updates)]
+  return state
+
+
 def chain(*transforms: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
   """``optax.chain`` that computes each leaf's update in one final pass across the blocks.
 
   Same state and same numbers as ``optax.chain(*transforms)`` (to float rounding: a reduction
   may sum in another order). The building blocks of this package (`scale_by_factored_rms`,
   `clip_by_block_rms`, `scale_by_param_block_rms`, `scale_by_learning_rate`,
-  `scale_by_momentum`, `add_decayed_weights`, and nested chains) extend a per-leaf formula
-  instead of storing their output: the update RMS of the clipping is a reduction of that
+  `scale_by_momentum`, `add_decayed_weights`, `scale_by_adadelta`, the Keras features but
+  `ema_params`, and nested chains) extend a per-leaf formula instead of storing their output: the update RMS of the clipping is a reduction of that
   formula, and the full-size update is computed once, where XLA fuses it with
   ``optax.apply_updates``. Every preset is such a chain. Any other transformation (an optax one)
   runs as in ``optax.chain``, on the updates computed up to that point.
@@ -437,15 +486,8 @@ def chain(*transforms: optax.GradientTransformation) -> optax.GradientTransforma
   transforms = tuple(optax.with_extra_args_support(t) for t in transforms)
 
   def kernel(leaves, state, params, ctx):
-    new_state = []
-    for t, k, s in zip(transforms, kernels, state):
-      if k is None:
-        updates, s = t.update(ctx.finish(leaves), s, params, **ctx.extra_args)
-        leaves[:] = [Deferred(x) for x in ctx.treedef.flatten_up_to(updates)]
-      else:
-        s = k(leaves, s, params, ctx)
-      new_state.append(s)
-    return tuple(new_state)
+    return tuple(run_inner(t, k, leaves, s, params, ctx)
+                 for t, k, s in zip(transforms, kernels, state))
 
   def update_fn(updates, state, params=None, **extra_args):
     if not _ENABLED[-1]:

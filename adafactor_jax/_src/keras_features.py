@@ -11,7 +11,10 @@ weights with periodic overwrite. Here each is a separate building block that com
    static_loss_scale -> accumulate_gradients( clip_by_* -> with_decoupled_weight_decay(core) )
      -> ema_params
 
-None of them needs Keras at runtime.
+None of them needs Keras at runtime. In an `adafactor_jax.chain` (every preset is one), all but
+`ema_params` extend each leaf's update formula instead of storing their output (see
+``adafactor_jax._src.fused``): clipped, unscaled or accumulated gradients and decayed weights are
+computed inside the optimizer's passes, not stored.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from jax.typing import ArrayLike
 from jax.typing import DTypeLike
 
 from adafactor_jax._src import blocks
+from adafactor_jax._src import fused
 from adafactor_jax._src import tree as tree_lib
 from adafactor_jax._src import validation
 
@@ -86,12 +90,14 @@ def static_loss_scale(loss_scale_factor: ArrayLike) -> optax.GradientTransformat
     del params
     return StaticLossScaleState(loss_scale_factor=jnp.asarray(loss_scale_factor, jnp.float32))
 
-  def update_fn(updates, state, params=None, **extra_args):
-    del params, extra_args
-    scale = state.loss_scale_factor
-    return jax.tree.map(lambda g: (g / scale.astype(g.dtype)).astype(g.dtype), updates), state
+  def kernel(leaves, state, params, ctx):
+    del params, ctx
+    for d in leaves:
+      d.then(lambda g, s: (g / s.astype(g.dtype)).astype(g.dtype),
+             fused.like_leaf(state.loss_scale_factor, len(d.shape)))
+    return state
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  return fused.transformation(init_fn, kernel)
 
 
 def _find_states(opt_state: Any, cls: type) -> list[Any]:
@@ -169,19 +175,28 @@ def clip_by_leaf_norm(max_norm: ArrayLike) -> optax.GradientTransformationExtraA
   """
   validation.check_number("clipnorm", max_norm, low=0.0, low_inclusive=False)
 
-  def clip(g):
-    dtype = _float_dtype(g.dtype)
-    g32 = g.astype(dtype)
-    l2sum = jnp.sum(g32 * g32, keepdims=True)
-    pred = l2sum > 0
-    l2norm = jnp.where(pred, jnp.sqrt(jnp.where(pred, l2sum, 1.0)), l2sum)
-    return (g32 * max_norm / jnp.maximum(l2norm, max_norm)).astype(g.dtype)
+  def kernel(leaves, state, params, ctx):
+    del params
+    for d in leaves:
+      ctx.seed(d)
+      dtype, ndim = _float_dtype(d.dtype), len(d.shape)
+      # The norm is a reduction of the leaf's formula (see `fused`): the clipped gradient is
+      # not stored.
+      l2sum = fused.like_leaf(d.reduce_apart(
+          "leaf_norm", fused.total, lambda g, dtype=dtype: _square(g, dtype), ctx.link), ndim)
+      pred = l2sum > 0
+      l2norm = jnp.where(pred, jnp.sqrt(jnp.where(pred, l2sum, 1.0)), l2sum)
+      c = fused.operand(max_norm, dtype, ndim)
+      d.then(lambda g, c, den, dtype=dtype: (g.astype(dtype) * c / den).astype(g.dtype), c,
+             jnp.maximum(l2norm, c))
+    return state
 
-  def update_fn(updates, state, params=None, **extra_args):
-    del params, extra_args
-    return jax.tree.map(clip, updates), state
+  return fused.transformation(optax.init_empty_state, kernel)
 
-  return optax.GradientTransformationExtraArgs(optax.init_empty_state, update_fn)
+
+def _square(g: jax.Array, dtype: DTypeLike) -> jax.Array:
+  g = g.astype(dtype)
+  return g * g
 
 
 def clip_by_value(max_value: ArrayLike) -> optax.GradientTransformationExtraArgs:
@@ -208,12 +223,14 @@ def clip_by_value(max_value: ArrayLike) -> optax.GradientTransformationExtraArgs
   """
   validation.check_number("clipvalue", max_value, low=0.0, low_inclusive=False)
 
-  def update_fn(updates, state, params=None, **extra_args):
-    del params, extra_args
-    return jax.tree.map(lambda g: jnp.clip(g, -max_value, max_value).astype(g.dtype),
-                        updates), state
+  def kernel(leaves, state, params, ctx):
+    del params, ctx
+    for d in leaves:
+      d.then(lambda g, v: jnp.clip(g, -v, v).astype(g.dtype),
+             fused.operand(max_value, d.dtype, len(d.shape)))
+    return state
 
-  return optax.GradientTransformationExtraArgs(optax.init_empty_state, update_fn)
+  return fused.transformation(optax.init_empty_state, kernel)
 
 
 def clip_by_global_norm(max_norm: ArrayLike) -> optax.GradientTransformationExtraArgs:
@@ -247,13 +264,17 @@ def clip_by_global_norm(max_norm: ArrayLike) -> optax.GradientTransformationExtr
   """
   validation.check_number("global_clipnorm", max_norm, low=0.0, low_inclusive=False)
 
-  def update_fn(updates, state, params=None, **extra_args):
-    del params, extra_args
-    leaves = jax.tree.leaves(updates)
+  def kernel(leaves, state, params, ctx):
+    del params
     if not leaves:
-      return updates, state
-    dtype = jnp.result_type(*[_float_dtype(g.dtype) for g in leaves])
-    sq = jnp.stack([jnp.sum(jnp.square(g.astype(dtype))) for g in leaves])
+      return state
+    dtype = jnp.result_type(*[_float_dtype(d.dtype) for d in leaves])
+    for d in leaves:
+      ctx.seed(d)
+    # Each leaf's sum of squares is a reduction of its formula (see `fused`): the clipped
+    # gradients are not stored.
+    sq = jnp.stack([d.reduce_apart("global_norm", fused.total, lambda g: _square(g, dtype),
+                                   ctx.link) for d in leaves])
     norm = jnp.sqrt(jnp.sum(sq))
 
     def keras_scale(_):
@@ -263,14 +284,25 @@ def clip_by_global_norm(max_norm: ArrayLike) -> optax.GradientTransformationExtr
       # The squared norm overflowed (or a gradient is not finite): recompute with the
       # gradients divided by their largest magnitude, so that finite gradients get a finite
       # scale; a NaN or Inf gradient still gives NaN, as Keras.
-      m = jnp.max(jnp.stack([jnp.max(jnp.abs(g.astype(dtype)), initial=0.0) for g in leaves]))
-      s = jnp.sum(jnp.stack([jnp.sum(jnp.square(g.astype(dtype) / m)) for g in leaves]))
+      m = jnp.max(jnp.stack([
+          jnp.max(jnp.abs(d.value_apart("rescale_max", full_size=True).astype(dtype)),
+                  initial=0.0) for d in leaves]))
+      link, sums = fused.Link(), []  # (a link of this branch: its values stay in it)
+      for d in leaves:
+        e = d.fork()
+        e.then(lambda g, m: g.astype(dtype) / m, fused.like_leaf(m, len(d.shape)))
+        e.dtype = dtype  # (the quotient's)
+        sums.append(e.reduce_apart("rescale", fused.total, jnp.square, link))
+      s = jnp.sum(jnp.stack(sums))
       return jnp.minimum(1.0, (max_norm / m) / jnp.sqrt(s)) + (m - m)
 
     scale = jax.lax.cond(jnp.isfinite(norm), keras_scale, rescaled, None)
-    return jax.tree.map(lambda g: (g.astype(dtype) * scale).astype(g.dtype), updates), state
+    for d in leaves:
+      d.then(lambda g, s: (g.astype(dtype) * s).astype(g.dtype),
+             fused.like_leaf(scale, len(d.shape)))
+    return state
 
-  return optax.GradientTransformationExtraArgs(optax.init_empty_state, update_fn)
+  return fused.transformation(optax.init_empty_state, kernel)
 
 
 # --------------------------------------------------------------------------- weight decay
@@ -334,6 +366,7 @@ def with_decoupled_weight_decay(
   """
   validation.check_scalar_or_schedule("weight_decay", weight_decay, low=0.0)
   validation.check_scalar_or_schedule("learning_rate", learning_rate, low=0.0)
+  inner_kernel = getattr(inner.update, "fused", None)
   inner = optax.with_extra_args_support(inner)
   name = "with_decoupled_weight_decay"
   scheduled = callable(weight_decay) or callable(learning_rate)
@@ -342,28 +375,45 @@ def with_decoupled_weight_decay(
     return DecoupledWeightDecayState(count=jnp.zeros([], jnp.int32) if scheduled else None,
                                      inner_state=inner.init(params))
 
-  def update_fn(updates, state, params=None, **extra_args):
+  def kernel(leaves, state, params, ctx):
     tree_lib.require_params(name, params, "the weights are decayed before the update")
-    treedef = tree_lib.check_same_tree(name, params, updates, expected_name="the params")
+    treedef = tree_lib.check_same_tree(name, params, ctx.like(leaves),
+                                       expected_name="the params")
     wd = weight_decay(state.count) if callable(weight_decay) else weight_decay
     lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
     p_leaves = treedef.flatten_up_to(params)
-    decayed = []
-    for p, m in zip(p_leaves, blocks.resolve_mask(mask, params, treedef, name)):
-      p_d = p - p * jnp.asarray(wd, p.dtype) * jnp.asarray(lr, p.dtype)
+    masks = blocks.resolve_mask(mask, params, treedef, name)
+    rates = [(jnp.asarray(wd, p.dtype), jnp.asarray(lr, p.dtype)) for p in p_leaves]
+    # The inner transformation reads the decayed params computed from params and rates offset
+    # by a zero that XLA cannot fold (see `fused`): they are computed inside its reductions and
+    # again in the final pass, never stored (nor a broadcast of the constant rates).
+    inner_params = []
+    for p, m, rate in zip(p_leaves, masks, rates):
+      z = fused.opaque_zero(p, p.dtype) if p.size else None
+      inner_params.append(_decayed(*(fused.offset(x, z) for x in (p, m) + rate)))
+    inner_params = treedef.unflatten(inner_params)
+    inner_state = fused.run_inner(inner, inner_kernel, leaves, state.inner_state, inner_params,
+                                  ctx)
+    for d, p, m, (w, r) in zip(leaves, p_leaves, masks, rates):
+      ndim = len(d.shape)
+      w, r = fused.like_leaf(w, ndim), fused.like_leaf(r, ndim)
       if isinstance(m, (bool, np.bool_)):
-        decayed.append(p_d if m else p)
+        d.then(lambda u, p, w, r, m=bool(m): ((_decayed(p, m, w, r) - p) + u).astype(u.dtype),
+               p, w, r)
       else:
-        decayed.append(jnp.where(m, p_d, p))
-    decayed_params = treedef.unflatten(decayed)
-    inner_updates, inner_state = inner.update(updates, state.inner_state, decayed_params,
-                                              **extra_args)
-    out = [((p_d - p) + u).astype(u.dtype) for p, p_d, u in zip(
-        p_leaves, decayed, treedef.flatten_up_to(inner_updates))]
+        d.then(lambda u, p, w, r, m: ((_decayed(p, m, w, r) - p) + u).astype(u.dtype),
+               p, w, r, m)
     count = optax.safe_increment(state.count) if scheduled else None
-    return treedef.unflatten(out), DecoupledWeightDecayState(count=count, inner_state=inner_state)
+    return DecoupledWeightDecayState(count=count, inner_state=inner_state)
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  return fused.transformation(init_fn, kernel)
+
+
+def _decayed(p: jax.Array, mask: Any, wd: jax.Array, lr: jax.Array) -> jax.Array:
+  """Keras's decayed weights ``p - p * wd * lr`` where `mask` (a bool or an array of them)."""
+  if isinstance(mask, (bool, np.bool_)):
+    return p - p * wd * lr if mask else p
+  return jnp.where(mask, p - p * wd * lr, p)
 
 
 # --------------------------------------------------------------------------- accumulation
@@ -428,6 +478,7 @@ def accumulate_gradients(
     full update and discards it.
   """
   validation.check_int("gradient_accumulation_steps", gradient_accumulation_steps, low=2)
+  inner_kernel = getattr(inner.update, "fused", None)
   inner = optax.with_extra_args_support(inner)
   k = int(gradient_accumulation_steps)
   name = "accumulate_gradients"
@@ -443,21 +494,34 @@ def accumulate_gradients(
 
     def apply(operands):
       grads, acc, inner_state = operands
-      mean = jax.tree.map(
-          lambda g, a: ((g.astype(jnp.result_type(g.dtype, a.dtype)) + a) / k).astype(g.dtype),
-          grads, acc)
-      u, new_inner = inner.update(mean, inner_state, params, **extra_args)
-      u = jax.tree.map(lambda x, g: x.astype(g.dtype), u, grads)
-      return u, jax.tree.map(jnp.zeros_like, acc), new_inner
+      # The mean gradient is the formula that the inner transformation starts from (see
+      # `fused`): its reductions compute it, it is not stored.
+      ctx = fused.Context(grads, extra_args)
+      leaves = []
+      for g, a in zip(ctx.treedef.flatten_up_to(grads), ctx.treedef.flatten_up_to(acc)):
+        d = fused.Deferred(g)
+        # g * 1 (exact): the formula's first operation takes a small input, which is offset
+        # where it is computed apart, so that no pass shares g + a with another.
+        dtype, ndim = jnp.result_type(g.dtype, a.dtype), g.ndim
+        d.then(lambda g, a, one, k: ((g.astype(k.dtype) * one + a) / k).astype(g.dtype), a,
+               fused.operand(1, dtype, ndim), fused.operand(k, dtype, ndim))
+        leaves.append(d)
+      new_inner = fused.run_inner(inner, inner_kernel, leaves, inner_state, params, ctx)
+      return jax.tree.map(lambda x, g: x.astype(g.dtype), ctx.finish(leaves), grads), new_inner
 
     def skip(operands):
-      grads, acc, inner_state = operands
-      new_acc = jax.tree.map(lambda g, a: (g.astype(jnp.result_type(g.dtype, a.dtype)) + a)
-                             .astype(a.dtype), grads, acc)
-      return jax.tree.map(jnp.zeros_like, grads), new_acc, inner_state
+      grads, _, inner_state = operands
+      return jax.tree.map(jnp.zeros_like, grads), inner_state
 
-    u, acc, inner_state = jax.lax.cond(is_update, apply, skip,
-                                       (updates, state.acc, state.inner_state))
+    u, inner_state = jax.lax.cond(is_update, apply, skip, (updates, state.acc, state.inner_state))
+    # The sums restart from zero after an update. Computed outside the cond, where XLA writes
+    # them in place (a cond's outputs are buffers of their own), and after it (an always false
+    # term from its output: else XLA copies the sums that the cond reads before overwriting).
+    acc = jax.tree.map(
+        lambda g, a, u: jnp.where(
+            is_update | (fused.opaque_zero(u, jnp.bool_) if u.size else False),
+            jnp.zeros_like(a), (g.astype(jnp.result_type(g.dtype, a.dtype)) + a).astype(a.dtype)),
+        updates, state.acc, u)
     return u, AccumulateGradientsState(count=optax.safe_increment(state.count), acc=acc,
                                        inner_state=inner_state)
 
