@@ -26,12 +26,15 @@ from presets import PRESETS  # noqa: E402
 import adafactor_jax as af  # noqa: E402
 
 STEPS = int(os.environ.get("SHARDED_STEPS", "20"))
-SHAPES = {"kernel": (64, 128), "wide": (32, 256), "t3": (8, 16, 32), "bias": (128,), "s": ()}
+# "big" is above fused.MIN_SIZE_APART: its opaque zero is read from its own (sharded) gradient
+SHAPES = {"kernel": (64, 128), "wide": (32, 256), "t3": (8, 16, 32), "bias": (128,), "s": (),
+          "big": (256, 512)}
 LAYOUTS = {
     "both": {"kernel": P("data", "model"), "wide": P("data", "model"),
-             "t3": P("data", None, "model"), "bias": P("model"), "s": P()},
+             "t3": P("data", None, "model"), "bias": P("model"), "s": P(),
+             "big": P("data", "model")},
     "one": {"kernel": P(None, "model"), "wide": P("model", None), "t3": P(None, "model", None),
-            "bias": P(), "s": P()},
+            "bias": P(), "s": P(), "big": P(None, "model")},
     "replicated": {k: P() for k in SHAPES},
 }
 # every preset runs on the (2, 4) mesh sharded over both axes; these also over one axis and

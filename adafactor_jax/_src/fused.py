@@ -260,7 +260,7 @@ def seed_from(d: "Deferred", shared: Optional[Seed]) -> Optional[Seed]:
   g = d.inputs[0]
   if g.size < MIN_SIZE_APART:
     return shared
-  first = g.reshape(-1)[0]
+  first = g[(0,) * g.ndim]  # (a reshape would gather a sharded gradient)
   return Seed(jnp.minimum(jnp.abs(first).astype(jnp.float32), 0.0))
 
 
