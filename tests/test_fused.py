@@ -208,6 +208,11 @@ HALF_TREES = {
     "global_norm": (lambda dt: {"embed": jnp.zeros((2048, 256), dt),
                                 "kernel": jnp.zeros((256, 1024), dt), "bias": jnp.zeros(1024, dt)},
                     lambda: af.adafactor(1e-3, global_norm_clip_threshold=1.0)),
+    # Keras's global norm, with its branch for an overflowing norm (a maximum and a sum)
+    "keras_global_clipnorm": (lambda dt: {"embed": jnp.zeros((2048, 256), dt),
+                                          "kernel": jnp.zeros((256, 1024), dt),
+                                          "bias": jnp.zeros(1024, dt)},
+                              lambda: af.keras_adafactor(1e-3, global_clipnorm=1.0)),
 }
 
 

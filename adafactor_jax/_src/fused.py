@@ -315,7 +315,7 @@ class Link:
 
   def after(self, part: jax.Array) -> None:
     """The next block waits for `part` (NaN and infinities in it give zero too)."""
-    self.zero = (part.reshape(-1)[0] > jnp.inf).astype(jnp.int32)
+    self.zero = opaque_zero(part, jnp.int32)
 
 
 def _blocked(inputs: list, shape: tuple) -> bool:
@@ -358,10 +358,21 @@ def total(f: Callable[..., jax.Array], inputs: list, shape: tuple,
   return out.astype(dtype).reshape(())
 
 
+def largest(f: Callable[..., jax.Array], inputs: list, shape: tuple,
+            link: Optional[Link]) -> jax.Array:
+  """``jnp.max(f(*inputs), initial=0)`` over all axes, in blocks as `total` for a large
+  half-precision `inputs` array."""
+  if link is None or not _blocked(inputs, shape):
+    return jnp.max(f(*inputs), initial=0.0)
+  axes = tuple(range(len(shape)))
+  out, dtype = _sum_blocks(f, inputs, shape, axes, link, largest=True)
+  return jnp.maximum(out.astype(dtype).reshape(()), 0.0)
+
+
 def _sum_blocks(f: Callable[..., jax.Array], inputs: list, shape: tuple, axes: tuple[int, ...],
-                link: Link) -> tuple[jax.Array, jnp.dtype]:
-  """The float32 (or wider) sum of ``f(*inputs)`` over `axes` (kept), in blocks of whole rows
-  chained by `link`, and the dtype of `f`'s values."""
+                link: Link, *, largest: bool = False) -> tuple[jax.Array, jnp.dtype]:
+  """The float32 (or wider) sum of ``f(*inputs)`` over `axes` (kept), or with `largest` its
+  maximum, in blocks of whole rows chained by `link`, and the dtype of `f`'s values."""
   # Two blocks at least: a slice of the whole axis would be the array itself, with no link.
   rows = max(1, min(BLOCK_ELEMENTS // math.prod(shape[1:]), -(-shape[0] // 2)))
   parts = []
@@ -374,11 +385,12 @@ def _sum_blocks(f: Callable[..., jax.Array], inputs: list, shape: tuple, axes: t
              if getattr(x, "ndim", 0) == len(shape) and x.shape[0] == shape[0] else
              offset(x, zero.astype(jnp.float32)) for x in inputs]
     y = f(*block)
-    part = jnp.sum(y, axis=axes, keepdims=True, dtype=jnp.promote_types(y.dtype, jnp.float32))
+    part = (jnp.max(y, axis=axes, keepdims=True) if largest else
+            jnp.sum(y, axis=axes, keepdims=True, dtype=jnp.promote_types(y.dtype, jnp.float32)))
     link.after(part)
     parts.append(part)
   if 0 in axes:
-    return functools.reduce(jnp.add, parts), y.dtype
+    return functools.reduce(jnp.maximum if largest else jnp.add, parts), y.dtype
   return jnp.concatenate(parts, axis=0), y.dtype
 
 

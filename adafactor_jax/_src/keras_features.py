@@ -284,10 +284,11 @@ def clip_by_global_norm(max_norm: ArrayLike) -> optax.GradientTransformationExtr
       # The squared norm overflowed (or a gradient is not finite): recompute with the
       # gradients divided by their largest magnitude, so that finite gradients get a finite
       # scale; a NaN or Inf gradient still gives NaN, as Keras.
+      link = fused.Link()  # (a link of this branch: its values stay in it)
       m = jnp.max(jnp.stack([
-          jnp.max(jnp.abs(d.value_apart("rescale_max", full_size=True).astype(dtype)),
-                  initial=0.0) for d in leaves]))
-      link, sums = fused.Link(), []  # (a link of this branch: its values stay in it)
+          d.reduce_apart("rescale_max", fused.largest, lambda g: jnp.abs(g.astype(dtype)), link,
+                         full_size=True) for d in leaves]))
+      sums = []
       for d in leaves:
         e = d.fork()
         e.then(lambda g, m: g.astype(dtype) / m, fused.like_leaf(m, len(d.shape)))
