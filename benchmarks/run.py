@@ -76,6 +76,19 @@ OPTIMIZERS = {
     "optax.adafactor": lambda: optax.adafactor(1e-3),
     "optax.adam": lambda: optax.adam(1e-3),
 }
+# Keras's base-optimizer features (opt-in, not in the default run): each suffix runs our
+# keras_adafactor and, where Keras is installed, keras.optimizers.Adafactor with these arguments.
+KERAS_FEATURES = {
+    "+wd+clipnorm": dict(weight_decay=0.004, clipnorm=1.0),
+    "+global_clipnorm+loss_scale": dict(global_clipnorm=1.0, loss_scale_factor=128.0),
+    "+accumulation": dict(gradient_accumulation_steps=4),
+}
+FEATURE_OPTIMIZERS = {
+    f"adafactor_jax.keras_adafactor{suffix}":
+        (lambda kw=kw: adafactor_jax.keras_adafactor(1e-3, **kw))
+    for suffix, kw in KERAS_FEATURES.items()} | {
+    "adafactor_jax.keras_adadelta": lambda: adafactor_jax.keras_adadelta(1e-3),
+}
 
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -133,12 +146,12 @@ def optax_step(tx, params, grads) -> JaxStep:
   return JaxStep(step, params, tx.init(params), grads)
 
 
-def keras_step(params, grads) -> JaxStep:
-  """keras.optimizers.Adafactor on the JAX backend: its stateless_apply."""
+def keras_step(params, grads, cls="Adafactor", **kwargs) -> JaxStep:
+  """keras.optimizers.Adafactor (or `cls`) on the JAX backend: its stateless_apply."""
   import keras
   leaves = jax.tree.leaves(params)
   kvars = [keras.Variable(np.asarray(x), name=f"v{i}") for i, x in enumerate(leaves)]
-  opt = keras.optimizers.Adafactor(learning_rate=1e-3)
+  opt = getattr(keras.optimizers, cls)(learning_rate=1e-3, **kwargs)
   opt.build(kvars)
 
   def step(p, s, g):
@@ -171,11 +184,12 @@ class TorchStep:
 
 
 def make_step(opt, params, grads):
-  if opt == "keras.optimizers.Adafactor":
-    return keras_step(params, grads)
+  if opt.startswith("keras.optimizers."):
+    cls, _, suffix = opt.removeprefix("keras.optimizers.").partition("+")
+    return keras_step(params, grads, cls, **KERAS_FEATURES.get("+" + suffix, {}))
   if opt == "torch.optim.Adafactor":
     return TorchStep(params, grads)
-  return optax_step(OPTIMIZERS[opt](), params, grads)
+  return optax_step((OPTIMIZERS | FEATURE_OPTIMIZERS)[opt](), params, grads)
 
 
 def bench_tree(name, shapes, names, reps, compile_reps=1, dtype="float32"):
@@ -243,6 +257,23 @@ def available_extras() -> list[str]:
     out.append("keras.optimizers.Adafactor")
   except ImportError:
     pass
+  return out + _available_torch()
+
+
+def available_opt_in() -> list[str]:
+  """The configurations that run only when named (`KERAS_FEATURES`)."""
+  out = list(FEATURE_OPTIMIZERS)
+  try:
+    import keras  # noqa: F401
+    out += [f"keras.optimizers.Adafactor{suffix}" for suffix in KERAS_FEATURES]
+    out.append("keras.optimizers.Adadelta")
+  except ImportError:
+    pass
+  return out
+
+
+def _available_torch() -> list[str]:
+  out = []
   try:
     import torch
     if hasattr(torch.optim, "Adafactor"):
@@ -285,7 +316,9 @@ def main(argv=None):
   ap.add_argument("--trees", nargs="*", default=["bert", "vit"], choices=list(TREES))
   extras = available_extras()
   ap.add_argument("--optimizers", nargs="*", default=list(OPTIMIZERS) + extras,
-                  choices=list(OPTIMIZERS) + extras)
+                  choices=list(OPTIMIZERS) + extras + available_opt_in(),
+                  help="the default run, or any of the choices: the Keras-feature ones (with a "
+                       "'+') run ours and Keras's with the same arguments")
   ap.add_argument("--reps", type=int, default=10)
   ap.add_argument("--compile-reps", type=int, default=1,
                   help="compile each step this many times, interleaved, and report the median "

@@ -81,6 +81,24 @@ def test_benchmark_in_bfloat16(monkeypatch):
   assert results[0]["rows"]["adafactor_jax.adafactor"]["temp_mb"] < 0.1 * results[0]["param_mb"]
 
 
+def test_benchmark_keras_features():
+  """The opt-in Keras-feature configurations: ours and Keras's with the same arguments. Ours
+  stores no clipped gradients or decayed weights (Keras: a full-size buffer of each)."""
+  bench = load("run", "benchmarks")
+  s = lambda *shape: jax.ShapeDtypeStruct(shape, jax.numpy.float32)
+  bench.TREES["tiny"] = lambda: {"embed": s(512, 256), "kernel": s(256, 256), "bias": s(256)}
+  names = ["adafactor_jax.keras_adafactor+wd+clipnorm", "keras.optimizers.Adafactor+wd+clipnorm",
+           "adafactor_jax.keras_adadelta", "keras.optimizers.Adadelta", "optax.adam"]
+  results = bench.main(["--trees", "tiny", "--reps", "1", "--optimizers", *names])
+  rows, param_mb = results[0]["rows"], results[0]["param_mb"]
+  assert list(rows) == names
+  assert rows["adafactor_jax.keras_adafactor+wd+clipnorm"]["temp_mb"] < 0.1 * param_mb
+  assert rows["keras.optimizers.Adafactor+wd+clipnorm"]["temp_mb"] > 0.9 * param_mb
+  # Adadelta: two moments of the params' size as state, like Keras's (plus its counters)
+  assert rows["adafactor_jax.keras_adadelta"]["state_mb"] == pytest.approx(2 * param_mb)
+  assert rows["keras.optimizers.Adadelta"]["state_mb"] == pytest.approx(2 * param_mb, abs=1e-4)
+
+
 @pytest.mark.parametrize("flag", ["--reps", "--compile-reps"])
 def test_benchmark_rejects_fewer_than_one_repetition(flag, capsys):
   with pytest.raises(SystemExit):
