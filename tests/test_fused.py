@@ -216,8 +216,11 @@ HALF_TREES = {
 }
 
 
-@pytest.mark.parametrize("name", list(HALF_TREES))
-@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+# (Keras's global norm in bfloat16 only: its float16 program is the same but for the dtype, and
+# these compiles are among the suite's slowest)
+@pytest.mark.parametrize("dtype,name", [
+    (dtype, name) for name in HALF_TREES for dtype in (jnp.bfloat16, jnp.float16)
+    if not (name == "keras_global_clipnorm" and dtype == jnp.float16)])
 def test_half_precision_reductions_leave_no_full_size_temporaries(dtype, name, monkeypatch):
   """XLA:CPU reduces float32 only: each reduction of a half-precision leaf reads a stored
   float32 copy of it. In blocks chained one after the other (`fused.Link`), the copies of a few
