@@ -212,8 +212,9 @@ def _divide(u, s):
   return (u / s.astype(u.dtype)).astype(u.dtype)
 
 
-# A distinct multiple of a leaf's zero for each kind of reduction of its formula.
-# (and for the second moment of an unfactored leaf, which another pass reads too).
+# A distinct multiple of a leaf's zero for each kind of reduction of its formula, and for each
+# other pass that reads the formula apart from the final one (an unfactored leaf's second moment,
+# Adadelta's E[delta**2]).
 _PURPOSES = {"row": 1.0, "col": 2.0, "rms": 3.0, "global_norm": 4.0, "v": 5.0, "leaf_norm": 6.0,
              "rescale_max": 7.0, "rescale": 8.0, "delta": 9.0}
 
