@@ -250,36 +250,29 @@ def markdown(results) -> str:
   return "\n".join(out)
 
 
-def available_extras() -> list[str]:
-  out = []
+def _importable(module: str) -> bool:
   try:
-    import keras  # noqa: F401
-    out.append("keras.optimizers.Adafactor")
+    __import__(module)
+    return True
   except ImportError:
-    pass
-  return out + _available_torch()
+    return False
+
+
+def available_extras() -> list[str]:
+  out = ["keras.optimizers.Adafactor"] if _importable("keras") else []
+  if _importable("torch"):
+    import torch
+    if hasattr(torch.optim, "Adafactor"):
+      out.append("torch.optim.Adafactor")
+  return out
 
 
 def available_opt_in() -> list[str]:
   """The configurations that run only when named (`KERAS_FEATURES`)."""
   out = list(FEATURE_OPTIMIZERS)
-  try:
-    import keras  # noqa: F401
+  if _importable("keras"):
     out += [f"keras.optimizers.Adafactor{suffix}" for suffix in KERAS_FEATURES]
     out.append("keras.optimizers.Adadelta")
-  except ImportError:
-    pass
-  return out
-
-
-def _available_torch() -> list[str]:
-  out = []
-  try:
-    import torch
-    if hasattr(torch.optim, "Adafactor"):
-      out.append("torch.optim.Adafactor")
-  except ImportError:
-    pass
   return out
 
 

@@ -83,9 +83,7 @@ def scale_by_adadelta(
       # The update is a formula (see `fused`): computed apart for the new E[delta**2], and
       # again in the final pass, never stored.
       args = (e_x, new_e_g, fused.operand(eps, dtype, len(d.shape)))
-      unrounded = d.fork()
-      unrounded.then(delta, *args)
-      unrounded.dtype = work  # (delta before it is rounded to the update's dtype)
+      unrounded = d.derived(delta, *args, dtype=work)  # (before it is rounded to d.dtype)
       new_e_x = ((1.0 - rho) * abs_sq(unrounded.value_apart("delta"), dtype) + rho * e_x
                  ).astype(dtype)
       d.then(lambda g, *a, delta=delta: delta(g, *a).astype(g.dtype), *args)

@@ -172,11 +172,14 @@ class Deferred:
 
     return f, inputs + [move(like_leaf(s, len(self.shape))) for _, s in self.scalars]
 
-  def fork(self) -> "Deferred":
-    """A copy of this leaf's formula that can be extended without changing this one."""
+  def derived(self, f: Callable[..., jax.Array], *args: Any, dtype: Any) -> "Deferred":
+    """A copy of this leaf's formula extended as by ``then(f, *args)``, this one unchanged;
+    `f` may change the dtype, to `dtype` (a value read apart, never a final update)."""
     e = Deferred.__new__(Deferred)
     e.fn, e.inputs, e.shape, e.dtype = self.fn, self.inputs, self.shape, self.dtype
     e.seed, e.scalars = self.seed, list(self.scalars)
+    e.then(f, *args)
+    e.dtype = dtype
     return e
 
   @property
@@ -261,15 +264,18 @@ def seed_from(d: "Deferred", shared: Optional[Seed]) -> Optional[Seed]:
   g = d.inputs[0]
   if g.size < MIN_SIZE_APART:
     return shared
-  first = g[(0,) * g.ndim]  # (a reshape would gather a sharded gradient)
-  return Seed(jnp.minimum(jnp.abs(first).astype(jnp.float32), 0.0))
+  return Seed(jnp.minimum(jnp.abs(_first(g)).astype(jnp.float32), 0.0))
+
+
+def _first(x: jax.Array) -> jax.Array:
+  """The first element of `x`, read without a reshape (which would gather a sharded `x`)."""
+  return x[(0,) * x.ndim]
 
 
 def opaque_zero(x: jax.Array, dtype: Any) -> jax.Array:
   """A zero of `dtype` that XLA cannot fold, from the first element of the non-empty array `x`
-  (``x > inf``: NaN and infinities give zero too). The element is read without a reshape,
-  which would gather a sharded `x`."""
-  return (x[(0,) * x.ndim] > jnp.inf).astype(dtype)
+  (``x > inf``: NaN and infinities give zero too)."""
+  return (_first(x) > jnp.inf).astype(dtype)
 
 
 def shared_seed(count: jax.Array) -> Seed:

@@ -34,6 +34,7 @@ from adafactor_jax._src import blocks
 from adafactor_jax._src import fused
 from adafactor_jax._src import tree as tree_lib
 from adafactor_jax._src import validation
+from adafactor_jax._src.factored import square
 
 
 def _float_dtype(dtype: DTypeLike) -> jnp.dtype:
@@ -183,7 +184,7 @@ def clip_by_leaf_norm(max_norm: ArrayLike) -> optax.GradientTransformationExtraA
       # The norm is a reduction of the leaf's formula (see `fused`): the clipped gradient is
       # not stored.
       l2sum = fused.like_leaf(d.reduce_apart(
-          "leaf_norm", fused.total, lambda g, dtype=dtype: _square(g, dtype), ctx.link), ndim)
+          "leaf_norm", fused.total, lambda g, dtype=dtype: square(g, dtype), ctx.link), ndim)
       pred = l2sum > 0
       l2norm = jnp.where(pred, jnp.sqrt(jnp.where(pred, l2sum, 1.0)), l2sum)
       c = fused.operand(max_norm, dtype, ndim)
@@ -192,11 +193,6 @@ def clip_by_leaf_norm(max_norm: ArrayLike) -> optax.GradientTransformationExtraA
     return state
 
   return fused.transformation(optax.init_empty_state, kernel)
-
-
-def _square(g: jax.Array, dtype: DTypeLike) -> jax.Array:
-  g = g.astype(dtype)
-  return g * g
 
 
 def clip_by_value(max_value: ArrayLike) -> optax.GradientTransformationExtraArgs:
@@ -273,7 +269,7 @@ def clip_by_global_norm(max_norm: ArrayLike) -> optax.GradientTransformationExtr
       ctx.seed(d)
     # Each leaf's sum of squares is a reduction of its formula (see `fused`): the clipped
     # gradients are not stored.
-    sq = jnp.stack([d.reduce_apart("global_norm", fused.total, lambda g: _square(g, dtype),
+    sq = jnp.stack([d.reduce_apart("global_norm", fused.total, lambda g: square(g, dtype),
                                    ctx.link) for d in leaves])
     norm = jnp.sqrt(jnp.sum(sq))
 
@@ -290,9 +286,8 @@ def clip_by_global_norm(max_norm: ArrayLike) -> optax.GradientTransformationExtr
                          full_size=True) for d in leaves]))
       sums = []
       for d in leaves:
-        e = d.fork()
-        e.then(lambda g, m: g.astype(dtype) / m, fused.like_leaf(m, len(d.shape)))
-        e.dtype = dtype  # (the quotient's)
+        e = d.derived(lambda g, m: g.astype(dtype) / m, fused.like_leaf(m, len(d.shape)),
+                      dtype=dtype)
         sums.append(e.reduce_apart("rescale", fused.total, jnp.square, link))
       s = jnp.sum(jnp.stack(sums))
       return jnp.minimum(1.0, (max_norm / m) / jnp.sqrt(s)) + (m - m)
