@@ -50,8 +50,7 @@ def make_step(tx):
   return step
 
 
-def train(tx, p, s, start, stop):
-  step = make_step(tx)
+def train(step, p, s, start, stop):
   for i in range(start, stop):
     g = grads(i, p)
     if i == 7 and not any(isinstance(x, af.SkipNonFiniteState) for x in jax.tree.leaves(
@@ -69,11 +68,12 @@ def flat(p, s):
 def main(mode, folder):
   for name, make in sorted(RESUME.items()):
     tx = make(1e-2)
+    step = make_step(tx)  # compiled once per process: both runs below take the same program
     if mode == "run":
       p = params0()
-      full_p, full_s = train(tx, p, tx.init(p), 0, STEPS)
+      full_p, full_s = train(step, p, tx.init(p), 0, STEPS)
       np.savez(os.path.join(folder, f"{name}.full.npz"), **flat(full_p, full_s))
-      p, s = train(tx, p, tx.init(p), 0, CUT)
+      p, s = train(step, p, tx.init(p), 0, CUT)
       af.save_state(os.path.join(folder, f"{name}.state.npz"), s)
       np.savez(os.path.join(folder, f"{name}.params.npz"), **p)
     else:
@@ -81,7 +81,7 @@ def main(mode, folder):
         p = {k: jnp.asarray(f[k]) for k in f.files}
       like = jax.eval_shape(tx.init, p)
       s = af.load_state(os.path.join(folder, f"{name}.state.npz"), like=like)
-      p, s = train(tx, p, s, CUT, STEPS)
+      p, s = train(step, p, s, CUT, STEPS)
       np.savez(os.path.join(folder, f"{name}.resumed.npz"), **flat(p, s))
   print("done", len(RESUME))
 
