@@ -217,9 +217,9 @@ def _divide(u, s):
 
 # A distinct multiple of a leaf's zero for each kind of reduction of its formula, and for each
 # other pass that reads the formula apart from the final one (an unfactored leaf's second moment,
-# Adadelta's E[delta**2]).
+# Adadelta's E[delta**2], the EMA of the weights).
 _PURPOSES = {"row": 1.0, "col": 2.0, "rms": 3.0, "global_norm": 4.0, "v": 5.0, "leaf_norm": 6.0,
-             "rescale_max": 7.0, "rescale": 8.0, "delta": 9.0}
+             "rescale_max": 7.0, "rescale": 8.0, "delta": 9.0, "ema": 10.0}
 
 
 # Leaves of at least this many elements get a zero of their own; smaller ones share one (see
@@ -466,11 +466,12 @@ def chain(*transforms: optax.GradientTransformation) -> optax.GradientTransforma
   Same state and same numbers as ``optax.chain(*transforms)`` (to float rounding: a reduction
   may sum in another order). The building blocks of this package (`scale_by_factored_rms`,
   `clip_by_block_rms`, `scale_by_param_block_rms`, `scale_by_learning_rate`,
-  `scale_by_momentum`, `add_decayed_weights`, `scale_by_adadelta`, the Keras features but
-  `ema_params`, and nested chains) extend a per-leaf formula instead of storing their output: the update RMS of the clipping is a reduction of that
-  formula, and the full-size update is computed once, where XLA fuses it with
-  ``optax.apply_updates``. Every preset is such a chain. Any other transformation (an optax one)
-  runs as in ``optax.chain``, on the updates computed up to that point.
+  `scale_by_momentum`, `add_decayed_weights`, `scale_by_adadelta`, the Keras features and
+  nested chains) extend a per-leaf formula instead of storing their output: the update RMS of
+  the clipping is a reduction of that formula, and the full-size update is computed once, where
+  XLA fuses it with ``optax.apply_updates``. Every preset is such a chain. Any other
+  transformation (an optax one) runs as in ``optax.chain``, on the updates computed up to that
+  point.
 
   Args:
     *transforms: the transformations, applied in order.

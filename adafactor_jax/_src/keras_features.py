@@ -605,28 +605,36 @@ def ema_params(
     return EmaParamsState(count=jnp.zeros([], jnp.int32),
                           ema=jax.tree.map(lambda p: jnp.zeros(p.shape, dtype or p.dtype), params))
 
-  def update_fn(updates, state, params=None, **extra_args):
-    del extra_args
+  def kernel(leaves, state, params, ctx):
     tree_lib.require_params(name, params, "the weights are averaged")
-    treedef = tree_lib.check_same_tree(name, params, updates, expected_name="the params")
+    treedef = tree_lib.check_same_tree(name, params, ctx.like(leaves),
+                                       expected_name="the params")
     j = state.count // k
     mu = (j != 0).astype(jnp.float32) * momentum
-    p_leaves = treedef.flatten_up_to(params)
-    u_leaves = treedef.flatten_up_to(updates)
-    new_ema, out = [], []
-    for p, u, a in zip(p_leaves, u_leaves, treedef.flatten_up_to(state.ema)):
+    overwrite = None if overwrite_frequency is None else (j + 1) % overwrite_frequency == 0
+    new_ema = []
+    for d, p, a in zip(leaves, treedef.flatten_up_to(params), treedef.flatten_up_to(state.ema)):
+      if overwrite is None:
+        # The update as the final pass computes it: XLA merges this p + u with that of
+        # optax.apply_updates, so the average reads the new params.
+        u = d.value()
+      else:
+        # Read apart (see `fused`): else the update is stored, shared by the average and the
+        # overwrite below. The overwrite reads the new average, which the state output stores
+        # first (the params that the final pass overwrites are read before it).
+        ctx.seed(d)
+        u = d.value_apart("ema")
       new_p = jnp.asarray(p + u).astype(p.dtype)  # as optax.apply_updates
       avg = (mu.astype(a.dtype) * a + (1 - mu).astype(a.dtype) * new_p.astype(a.dtype)).astype(
           a.dtype)
       new_ema.append(avg)
-      if overwrite_frequency is not None:
-        overwrite = (j + 1) % overwrite_frequency == 0
-        u = jnp.where(overwrite, (avg.astype(p.dtype) - p).astype(u.dtype), u)
-      out.append(u)
-    return treedef.unflatten(out), EmaParamsState(count=optax.safe_increment(state.count),
-                                                  ema=treedef.unflatten(new_ema))
+      if overwrite is not None:
+        d.then(lambda u, avg, p, overwrite: jnp.where(
+            overwrite, (avg.astype(p.dtype) - p).astype(u.dtype), u), avg, p, overwrite)
+    return EmaParamsState(count=optax.safe_increment(state.count),
+                          ema=treedef.unflatten(new_ema))
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  return fused.transformation(init_fn, kernel)
 
 
 def finalize_variable_values(params: optax.Params, opt_state: Any) -> optax.Params:
