@@ -19,6 +19,7 @@ from test_optax_parity import CASES
 import adafactor_jax as af
 from adafactor_jax._src import blocks
 from adafactor_jax._src import fused
+from adafactor_jax._src import keras_features as kf
 
 STEPS = 8
 RTOL, ATOL = 1e-6, 1e-6  # the issue's rtol; atol of the leaf's scale for elements near zero
@@ -222,14 +223,21 @@ HALF_TREES = {
                                           "kernel": jnp.zeros((256, 1024), dt),
                                           "bias": jnp.zeros(1024, dt)},
                               lambda: af.keras_adafactor(1e-3, global_clipnorm=1.0)),
+    # Keras's decoupled weight decay: the parameter RMS reads the decayed weights, computed in
+    # its blocks from slices of the params (before: stored, 109% here)
+    "keras_weight_decay": (lambda dt: {"embed": jnp.zeros((2048, 256), dt),
+                                       "kernel": jnp.zeros((256, 1024), dt),
+                                       "bias": jnp.zeros(1024, dt)},
+                           lambda: af.keras_adafactor(1e-3, weight_decay=1e-2,
+                                                      exclude_from_weight_decay=["bias"])),
 }
 
 
-# (Keras's global norm in bfloat16 only: its float16 program is the same but for the dtype, and
-# these compiles are among the suite's slowest)
+# (the Keras features in bfloat16 only: their float16 programs are the same but for the dtype,
+# and these compiles are among the suite's slowest)
 @pytest.mark.parametrize("dtype,name", [
     (dtype, name) for name in HALF_TREES for dtype in (jnp.bfloat16, jnp.float16)
-    if not (name == "keras_global_clipnorm" and dtype == jnp.float16)])
+    if not (name.startswith("keras_") and dtype == jnp.float16)])
 def test_half_precision_reductions_leave_no_full_size_temporaries(dtype, name, monkeypatch):
   """XLA:CPU reduces float32 only: each reduction of a half-precision leaf reads a stored
   float32 copy of it. In blocks chained one after the other (`fused.Link`), the copies of a few
@@ -271,3 +279,31 @@ def test_mean_in_blocks_equals_mean(axes):
   np.testing.assert_allclose(np.asarray(got_bad), np.asarray(want_bad), rtol=2e-6,
                              equal_nan=True)
   assert bool(jnp.isnan(got_bad).any()) and bool(jnp.isfinite(got).all())
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_blocks_of_a_recipe_equal_blocks_of_the_array(dtype):
+  """A reduction in blocks of an array with a `Link.recipe` computes its blocks from slices of
+  the recipe's inputs: the same numbers as slices of the stored array, Keras's decayed weights
+  rounded op by op (XLA would otherwise keep half-precision products in float32 inside the
+  reduction, which moves this mean by about 1e-3)."""
+  rng = np.random.default_rng(0)
+  p = jnp.asarray(rng.normal(size=(2048, 256)), dtype)
+  wd, lr = jnp.asarray(0.05, dtype), jnp.asarray(0.1, dtype)
+  sq = lambda u: jnp.square(u.astype(jnp.float32))
+
+  def mean_of(p, wd, lr, fn):
+    x = kf._decayed(p, True, wd, lr)
+    link = fused.Link()
+    if fn is not None:
+      link.recipe(x, fn, [p, True, wd, lr])
+    return fused.mean(sq, [x], x.shape, (0, 1), link)
+
+  stored = jax.jit(lambda *a: mean_of(*a, None))(p, wd, lr)
+  recipe = jax.jit(lambda *a: mean_of(*a, kf._decayed_rounded))(p, wd, lr)
+  unrounded = jax.jit(lambda *a: mean_of(*a, kf._decayed))(p, wd, lr)
+  eager = np.mean(np.square(np.asarray(kf._decayed(p, True, wd, lr), np.float64)))
+  assert float(recipe) == float(stored)
+  np.testing.assert_allclose(float(recipe), eager, rtol=1e-6)
+  if dtype == jnp.bfloat16:  # 7 bits of mantissa: here the rounding matters
+    assert abs(float(unrounded) - eager) > 1e-5 * eager

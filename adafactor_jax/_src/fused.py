@@ -313,6 +313,33 @@ class Link:
 
   def __init__(self):
     self.zero: Optional[jax.Array] = None
+    # id(array) -> (array, fn, inputs) for arrays computed elementwise as fn(*inputs) (see
+    # `recipe`)
+    self._recipes: dict[int, tuple[jax.Array, Callable[..., jax.Array], list]] = {}
+
+  def recipe(self, x: jax.Array, fn: Callable[..., jax.Array], inputs: list) -> None:
+    """Declares that `x` is ``fn(*inputs)``, elementwise: a reduction in blocks of `x` slices
+    the inputs instead and computes its blocks of `x` from them (slices of `x` itself would make
+    XLA store the whole of it)."""
+    self._recipes[id(x)] = (x, fn, inputs)
+
+  def expand(self, f: Callable[..., jax.Array], inputs: list) -> tuple[Callable, list]:
+    """``f(*inputs)`` as a function of the inputs of the arrays among `inputs` that have a
+    `recipe`."""
+    recipes = [self._recipes.get(id(x)) for x in inputs]
+    recipes = [r if r is not None and r[0] is x else None for r, x in zip(recipes, inputs)]
+    if not any(recipes):
+      return f, inputs
+    spans, expanded = [], []
+    for x, r in zip(inputs, recipes):
+      parts = [x] if r is None else r[2]
+      spans.append((None if r is None else r[1], len(expanded), len(parts)))
+      expanded.extend(parts)
+
+    def g(*ys):
+      return f(*(ys[i] if fn is None else fn(*ys[i:i + n]) for fn, i, n in spans))
+
+    return g, expanded
 
   def start(self, x: jax.Array) -> jax.Array:
     """The int32 zero that the next block's slice starts at, seeded from `x` if none yet."""
@@ -380,6 +407,7 @@ def _sum_blocks(f: Callable[..., jax.Array], inputs: list, shape: tuple, axes: t
                 link: Link, *, largest: bool = False) -> tuple[jax.Array, jnp.dtype]:
   """The float32 (or wider) sum of ``f(*inputs)`` over `axes` (kept), or with `largest` its
   maximum, in blocks of whole rows chained by `link`, and the dtype of `f`'s values."""
+  f, inputs = link.expand(f, inputs)
   # Two blocks at least: a slice of the whole axis would be the array itself, with no link.
   rows = max(1, min(BLOCK_ELEMENTS // math.prod(shape[1:]), -(-shape[0] // 2)))
   parts = []

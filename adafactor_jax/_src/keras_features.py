@@ -19,6 +19,7 @@ computed inside the optimizer's passes, not stored.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 from typing import NamedTuple
 from typing import Optional
@@ -387,6 +388,8 @@ def with_decoupled_weight_decay(
     for p, m, rate in zip(p_leaves, masks, rates):
       z = fused.opaque_zero(p, p.dtype) if p.size else None
       inner_params.append(_decayed(*(fused.offset(x, z) for x in (p, m) + rate)))
+      # half-precision reductions in blocks slice p instead (see `fused.Link.recipe`)
+      ctx.link.recipe(inner_params[-1], _decayed_rounded, [p, m, *rate])
     inner_params = treedef.unflatten(inner_params)
     inner_state = fused.run_inner(inner, inner_kernel, leaves, state.inner_state, inner_params,
                                   ctx)
@@ -410,6 +413,20 @@ def _decayed(p: jax.Array, mask: Any, wd: jax.Array, lr: jax.Array) -> jax.Array
   if isinstance(mask, (bool, np.bool_)):
     return p - p * wd * lr if mask else p
   return jnp.where(mask, p - p * wd * lr, p)
+
+
+def _decayed_rounded(p: jax.Array, mask: Any, wd: jax.Array, lr: jax.Array) -> jax.Array:
+  """`_decayed`, each operation rounded to the dtype of `p` as in a stored array of it: inside a
+  reduction XLA would keep half-precision products in float32 (excess precision)."""
+  if not jnp.issubdtype(p.dtype, jnp.floating) or jnp.finfo(p.dtype).bits >= 32:
+    return _decayed(p, mask, wd, lr)
+  info = jnp.finfo(p.dtype)
+  r = functools.partial(jax.lax.reduce_precision, exponent_bits=info.nexp,
+                        mantissa_bits=info.nmant)
+  decayed = r(p - r(r(p * wd) * lr))
+  if isinstance(mask, (bool, np.bool_)):
+    return decayed if mask else p
+  return jnp.where(mask, decayed, p)
 
 
 # --------------------------------------------------------------------------- accumulation
