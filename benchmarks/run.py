@@ -82,6 +82,8 @@ KERAS_FEATURES = {
     "+wd+clipnorm": dict(weight_decay=0.004, clipnorm=1.0),
     "+global_clipnorm+loss_scale": dict(global_clipnorm=1.0, loss_scale_factor=128.0),
     "+accumulation": dict(gradient_accumulation_steps=4),
+    "+wd+clipnorm+ema_overwrite": dict(weight_decay=0.004, clipnorm=1.0, use_ema=True,
+                                       ema_overwrite_frequency=100),
 }
 FEATURE_OPTIMIZERS = {
     f"adafactor_jax.keras_adafactor{suffix}":
