@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 from typing import Any
+from typing import Callable
 from typing import NamedTuple
 from typing import Optional
 
@@ -408,11 +409,14 @@ def with_decoupled_weight_decay(
   return fused.transformation(init_fn, kernel)
 
 
-def _decayed(p: jax.Array, mask: Any, wd: jax.Array, lr: jax.Array) -> jax.Array:
-  """Keras's decayed weights ``p - p * wd * lr`` where `mask` (a bool or an array of them)."""
-  if isinstance(mask, (bool, np.bool_)):
-    return p - p * wd * lr if mask else p
-  return jnp.where(mask, p - p * wd * lr, p)
+def _decayed(p: jax.Array, mask: Any, wd: jax.Array, lr: jax.Array,
+             rounded: Callable[[jax.Array], jax.Array] = lambda x: x) -> jax.Array:
+  """Keras's decayed weights ``p - p * wd * lr`` where `mask` (a bool or an array of them), each
+  operation's result passed through `rounded`."""
+  if isinstance(mask, (bool, np.bool_)) and not mask:
+    return p
+  decayed = rounded(p - rounded(rounded(p * wd) * lr))
+  return decayed if isinstance(mask, (bool, np.bool_)) else jnp.where(mask, decayed, p)
 
 
 def _decayed_rounded(p: jax.Array, mask: Any, wd: jax.Array, lr: jax.Array) -> jax.Array:
@@ -421,12 +425,8 @@ def _decayed_rounded(p: jax.Array, mask: Any, wd: jax.Array, lr: jax.Array) -> j
   if not jnp.issubdtype(p.dtype, jnp.floating) or jnp.finfo(p.dtype).bits >= 32:
     return _decayed(p, mask, wd, lr)
   info = jnp.finfo(p.dtype)
-  r = functools.partial(jax.lax.reduce_precision, exponent_bits=info.nexp,
-                        mantissa_bits=info.nmant)
-  decayed = r(p - r(r(p * wd) * lr))
-  if isinstance(mask, (bool, np.bool_)):
-    return decayed if mask else p
-  return jnp.where(mask, decayed, p)
+  return _decayed(p, mask, wd, lr, functools.partial(
+      jax.lax.reduce_precision, exponent_bits=info.nexp, mantissa_bits=info.nmant))
 
 
 # --------------------------------------------------------------------------- accumulation
