@@ -120,6 +120,45 @@ def test_torch_adafactor_matches_torch(name, kwargs):
   compare(ours, theirs, params, f"torch[{name}]")
 
 
+def zero_rows_and_columns(grads: list[dict]) -> list[dict]:
+  """The gradients with a zero row and a zero column in every slice of the factored leaves."""
+  grads = jax.tree.map(np.copy, grads)
+  for g in grads:
+    for k in ("w", "sq", "t3", "t4"):
+      g[k][..., 1, :] = 0.0
+      g[k][..., 0] = 0.0
+  return grads
+
+
+@pytest.mark.parametrize("eps1", [None, 1e-3])
+def test_torch_adafactor_zero_rows_and_columns_match_torch(eps1):
+  """A row or column of zero gradients makes its statistic zero and its rsqrt infinite; the
+  estimate's floor eps1**2 caps the product of the row and column rsqrt, as PyTorch clamps the
+  estimate itself (and the other entries are unchanged)."""
+  params, grads = make_params(0), zero_rows_and_columns(make_grads(1))
+  kwargs = dict(eps=(eps1, 1e-3))
+  ours = run_ours(af.torch_adafactor(**kwargs), params, grads)
+  theirs = run_torch(lambda p: torch.optim.Adafactor(p, **kwargs), params, grads)
+  compare(ours, theirs, params, f"torch[zero rows and columns, eps1={eps1}]")
+
+
+def test_torch_adafactor_zero_rows_with_underflowing_eps1_stay_finite():
+  """Deliberate difference: with eps1=1e-30 the floor eps1**2 underflows in float32, and PyTorch
+  multiplies the zero gradients by an infinite rsqrt: NaN there (and its update RMS is NaN, so
+  it skips the clipping). Ours caps the rsqrt at that of the smallest normal number: those
+  entries do not move, and the whole step stays finite."""
+  params, grads = make_params(0), zero_rows_and_columns(make_grads(1))
+  kwargs = dict(eps=(1e-30, 1e-3))
+  ours = run_ours(af.torch_adafactor(**kwargs), params, grads)
+  theirs = run_torch(lambda p: torch.optim.Adafactor(p, **kwargs), params, grads)
+  for i, (x, y) in enumerate(zip(ours, theirs)):
+    for k in x:
+      nan = np.isnan(y[k])
+      assert nan.any() == (k in ("w", "sq", "t3", "t4")), f"{k} step {i + 1}"
+      assert np.all(np.isfinite(x[k])), f"{k} step {i + 1}"
+      np.testing.assert_array_equal(x[k][nan], params[k][nan], err_msg=f"{k} step {i + 1}")
+
+
 def test_torch_eps1_none_is_resolved_per_leaf():
   # Deliberate difference: PyTorch resolves eps1=None from the FIRST parameter of the group
   # (here bfloat16, eps = 2**-7) and reuses it for the float32 one, whose small gradients are

@@ -124,9 +124,16 @@ def factored_second_moment(
     col_factor = jnp.maximum(new_col, tiny) ** -0.5
     return new_row, new_col, _times_factors, (jnp.expand_dims(row_factor, plan.col_dims),
                                               jnp.expand_dims(col_factor, plan.row_dims))
-  return new_row, new_col, _times_clamped_estimate, (
-      jnp.expand_dims(new_row, plan.col_dims), jnp.expand_dims(new_col, plan.row_dims),
-      jnp.expand_dims(jnp.maximum(row_mean, floor), plan.col_dims), floor * floor, tiny)
+  # PyTorch's rsqrt(max(row * col / max(row_mean, floor), floor**2)) as the product of a row and
+  # a column rsqrt, capped at rsqrt(floor**2): the same in exact arithmetic (rsqrt decreases), a
+  # few ulps apart in float32, and no division or rsqrt per element (the elementwise estimate made
+  # the step 20% slower on BERT-base). A zero statistic gives an infinite rsqrt, which the cap
+  # takes down to rsqrt(floor**2) as the clamped estimate does (and the tiny floor when floor=0).
+  col_over_mean = (jnp.expand_dims(new_col, plan.row_dims)
+                   / jnp.expand_dims(jnp.maximum(row_mean, floor), plan.col_dims))
+  return new_row, new_col, _times_capped_factors, (
+      jnp.expand_dims(jax.lax.rsqrt(new_row), plan.col_dims), jax.lax.rsqrt(col_over_mean),
+      jax.lax.rsqrt(jnp.maximum(floor * floor, tiny)))
 
 
 def _times_factors(u: jax.Array, *factors: jax.Array) -> jax.Array:
@@ -135,10 +142,9 @@ def _times_factors(u: jax.Array, *factors: jax.Array) -> jax.Array:
   return u
 
 
-def _times_clamped_estimate(u, row, col, row_mean, floor_sq, tiny):
-  """``u`` times PyTorch's rsqrt of the clamped rank-1 estimate, computed elementwise."""
-  v_hat = row * col / row_mean
-  return u * jax.lax.rsqrt(jnp.maximum(jnp.maximum(v_hat, floor_sq), tiny))
+def _times_capped_factors(u, row_rsqrt, col_rsqrt, cap):
+  """``u`` times PyTorch's rsqrt of the clamped rank-1 estimate (see `factored_second_moment`)."""
+  return u * jnp.minimum(row_rsqrt * col_rsqrt, cap)
 
 
 def _times_rsqrt(u, v, tiny):
