@@ -23,6 +23,7 @@ import argparse
 import importlib.util
 import json
 import os
+import platform
 import statistics
 import sys
 import time
@@ -304,6 +305,20 @@ def plot(results, path):
   fig.savefig(path, dpi=110)
 
 
+def machine() -> str:
+  """The CPU model (from /proc/cpuinfo where there is one), the CPU count, the JAX platform and
+  the versions: figures from different machines are not comparable, only their ratios."""
+  model = platform.processor() or platform.machine()
+  try:
+    with open("/proc/cpuinfo") as f:
+      model = next((line.split(":", 1)[1].strip() for line in f
+                    if line.startswith("model name")), model)
+  except OSError:
+    pass
+  return (f"{model}, {os.cpu_count()} CPUs, {jax.devices()[0].platform}, jax {jax.__version__}, "
+          f"optax {optax.__version__}")
+
+
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   # The 2,000-leaf tree is opt-in: compiling optax.adafactor's step for it alone takes about
@@ -326,13 +341,13 @@ def main(argv=None):
   for name in ("reps", "compile_reps"):
     if getattr(args, name) < 1:
       ap.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-  print(f"jax {jax.__version__}, optax {optax.__version__}, {jax.devices()[0].platform}, "
-        f"{os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d')}", flush=True)
+  where = f"{machine()}, {time.strftime('%Y-%m-%d')}"
+  print(where, flush=True)
   results = []
   for tree in args.trees:
     t0 = time.perf_counter()
     results.append(bench_tree(tree, TREES[tree](), args.optimizers, args.reps,
-                              args.compile_reps, args.dtype))
+                              args.compile_reps, args.dtype) | {"machine": where})
     print(f"{tree}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
   print(markdown(results))
   if args.json:

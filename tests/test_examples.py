@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import pathlib
 import re
 import sys
@@ -52,6 +53,9 @@ def test_benchmark_runs_on_a_tiny_tree(tmp_path):
   results = bench.main(["--trees", "tiny", "--reps", "2", "--compile-reps", "2",
                         "--json", str(out_json), "--plot", str(out_png)])
   rows = results[0]["rows"]
+  # the machine the figures come from, in the JSON too (only ratios compare across machines)
+  assert results[0]["machine"].startswith(bench.machine()) and "CPUs" in results[0]["machine"]
+  assert json.loads(out_json.read_text())[0]["machine"] == results[0]["machine"]
   # two compiles of each jitted step, none of the eager torch one
   assert len(rows["adafactor_jax.adafactor"]["compile_times_s"]) == 2
   assert len(rows["keras.optimizers.Adafactor"]["compile_times_s"]) == 2
