@@ -51,8 +51,15 @@ class ScaleByFactoredRMSState(NamedTuple):
   count: jax.Array  # int32 scalar: number of update steps taken.
   v_row: Any  # per factored leaf: EMA of mean(g**2) over the col dims (shape without col dims).
   v_col: Any  # per factored leaf: EMA of mean(g**2) over the row dims (shape without row dims).
-  v: Any  # per unfactored leaf: EMA of g**2, the leaf's shape.
+  v: Any  # per unfactored leaf: EMA of g**2, the leaf's shape (at least the smallest normal
+  # number in float32, bfloat16 and float64).
   plans: Any = None  # FactorPlans: static, no arrays (which dims each statistic keeps).
+
+
+# The dtypes of unfactored statistics stored at least the smallest normal number (see
+# `scale_by_factored_rms`). Not float16, whose smallest normal number (6e-5) is a common second
+# moment: the statistic's moving average would change.
+FLOORED_DTYPES = (jnp.float32, jnp.float64, jnp.bfloat16)
 
 
 def sq_cap(dtype: DTypeLike, size: int) -> float:
@@ -137,6 +144,11 @@ def factored_second_moment(
       jax.lax.rsqrt(jnp.maximum(floor * floor, tiny)))
 
 
+def _in_dtype(scale: Callable[..., jax.Array], work: DTypeLike) -> Callable[..., jax.Array]:
+  """``scale(u, *factors)`` computed in `work`, rounded back to the dtype of `u`."""
+  return lambda u, *factors: scale(u.astype(work), *factors).astype(u.dtype)
+
+
 def _times_factors(u: jax.Array, *factors: jax.Array) -> jax.Array:
   for factor in factors:
     u = u * factor
@@ -152,6 +164,12 @@ def _times_rsqrt(u, v, tiny):
   # rsqrt, not ``v ** -0.5`` (optax): XLA's pow is 9x slower on the CPU, and this differs from it
   # by at most 2 ulps.
   return u * jax.lax.rsqrt(jnp.maximum(v, tiny))
+
+
+def _times_floored_rsqrt(u, v, tiny):
+  """`_times_rsqrt` for ``v >= tiny``, bit for bit."""
+  del tiny
+  return u * jax.lax.rsqrt(v)
 
 
 def _times_clamped_rsqrt(u, v, floor_sq, tiny):
@@ -333,6 +351,7 @@ def scale_by_factored_rms(
         x = jnp.minimum(x, cap)
         return x if eps is None else x + eps
 
+      reduced = None  # the formula's shorter form for its reduction (see `fused.Deferred.then`)
       if plan.factored:
         # Each mean reads the gradient on its own: no full-size g**2 is shared between them
         # (see `fused`); they saturate after the mean, not element by element.
@@ -350,14 +369,22 @@ def scale_by_factored_rms(
         if dtype not in tinies:  # see factored_second_moment
           tinies[dtype] = jnp.asarray(jnp.finfo(dtype).tiny, dtype)
         tiny = tinies[dtype]
+        if floor is None and dtype in FLOORED_DTYPES:
+          # Stored at least the smallest normal number, the floor that the update applies
+          # anyway: the update is the same, and the update RMS reduces ``u * rsqrt(v)``, equal
+          # to the final pass's ``u * rsqrt(max(v, tiny))`` bit for bit, without the max
+          # (inside XLA:CPU's reductions every operation costs time). A `where`, not a maximum:
+          # XLA would compute a trailing maximum again in the final pass, from the old
+          # statistic, which it would then copy (a full-size temporary).
+          new_v = jnp.where(new_v < tiny, tiny, new_v)
+          reduced = _times_floored_rsqrt
         scale, factors = ((_times_rsqrt, (new_v, tiny)) if floor is None else
                           (_times_clamped_rsqrt, (new_v, floor * floor, tiny)))
         out_r.append(None)
         out_c.append(None)
         out_v.append(new_v)
       work = jnp.result_type(d.dtype, dtype)
-      d.then(lambda u, *f, work=work, scale=scale: scale(u.astype(work), *f).astype(u.dtype),
-             *factors)
+      d.then(_in_dtype(scale, work), *factors, reduced=reduced and _in_dtype(reduced, work))
     return ScaleByFactoredRMSState(
         count=optax.safe_increment(state.count),
         v_row=treedef.unflatten(out_r),

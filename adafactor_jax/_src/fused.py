@@ -72,7 +72,7 @@ class Deferred:
   product at once, as optax does.
   """
 
-  __slots__ = ("fn", "inputs", "shape", "dtype", "seed", "scalars")
+  __slots__ = ("fn", "inputs", "shape", "dtype", "seed", "scalars", "reduced_fn", "reduced_for")
 
   def __init__(self, x: jax.Array):
     self.reset(x)
@@ -86,13 +86,30 @@ class Deferred:
     """The update becomes ``fn(x)``, for `x` of this leaf's shape."""
     self.fn: Callable[..., jax.Array] = fn
     self.inputs: tuple = (x,)
+    # The same formula in fewer operations, equal to `fn` bit for bit on every input it gets,
+    # for the first kind of reduction of it (see `then`); None when there is none.
+    self.reduced_fn: Optional[Callable[..., jax.Array]] = None
+    self.reduced_for: Optional[str] = None
     self.scalars: list[tuple[Callable, jax.Array]] = []  # (_times or _divide, scalar), in order
 
-  def then(self, f: Callable[..., jax.Array], *args: Any) -> None:
-    """The update becomes ``f(update, *args)``; `f` must keep its shape and dtype."""
+  def then(self, f: Callable[..., jax.Array], *args: Any,
+           reduced: Optional[Callable[..., jax.Array]] = None) -> None:
+    """The update becomes ``f(update, *args)``; `f` must keep its shape and dtype.
+
+    `reduced` is ``f`` in fewer operations, equal to it bit for bit on the arguments given (a
+    floor that `args` already satisfy, left out), for a reduction of the formula: inside
+    XLA:CPU's reductions every elementwise operation costs time, in the final pass none does.
+    Being a different expression, it also keeps XLA from sharing the formula between that
+    reduction and the final pass, which the offsets otherwise do; so only the first kind of
+    reduction of this leaf evaluates it (two reductions of one unoffset expression could share
+    it as a stored buffer).
+    """
     self.flush()
-    fn, k = self.fn, len(self.inputs)
+    fn, rfn, k = self.fn, self.reduced_fn, len(self.inputs)
     self.fn = lambda *xs: f(fn(*xs[:k]), *xs[k:])
+    if rfn is not None or reduced is not None:
+      base, g = rfn or fn, reduced or f
+      self.reduced_fn = lambda *xs: g(base(*xs[:k]), *xs[k:])
     self.inputs = self.inputs + args
 
   def flush(self) -> None:
@@ -147,13 +164,16 @@ class Deferred:
     which run in blocks where they take them (the blocks need no offsets: each reads its own
     slices)."""
     blocked = link is not None and _blocked(self.inputs, self.shape)
-    f, inputs = self._apart(purpose, full_size, offset=not blocked)
+    f, inputs = self._apart(purpose, full_size, offset=not blocked, reduction=True)
     return reduce(lambda *xs: elem(f(*xs)), inputs, self.shape, link=link)
 
-  def _apart(self, purpose: str, full_size: bool,
-             offset: bool = True) -> tuple[Callable[..., jax.Array], list]:
+  def _apart(self, purpose: str, full_size: bool, offset: bool = True,
+             reduction: bool = False) -> tuple[Callable[..., jax.Array], list]:
     """`value_apart` as ``f(*inputs)``: the formula and its offset inputs (not offset with
-    ``offset=False``)."""
+    ``offset=False``); for a `reduction`, its shorter form where it has one (see `then`)."""
+    fn = self.fn
+    if reduction and self.reduced_fn is not None and self.reduced_for in (None, purpose):
+      fn, self.reduced_for = self.reduced_fn, purpose
     if self.seed is None or not offset:
       move = _identity
     else:
@@ -162,7 +182,7 @@ class Deferred:
     inputs = [x if not full_size and getattr(x, "size", 0) >= size else move(x)
               for x in self.inputs]
     ops = [op for op, _ in self.scalars]
-    fn, k = self.fn, len(inputs)
+    k = len(inputs)
 
     def f(*xs):
       u = fn(*xs[:k])
@@ -178,6 +198,7 @@ class Deferred:
     e = Deferred.__new__(Deferred)
     e.fn, e.inputs, e.shape, e.dtype = self.fn, self.inputs, self.shape, self.dtype
     e.seed, e.scalars = self.seed, list(self.scalars)
+    e.reduced_fn, e.reduced_for = None, None  # its reductions are not this leaf's (see `then`)
     e.then(f, *args)
     e.dtype = dtype
     return e
