@@ -133,7 +133,7 @@ def test_unfactored_update_rms_reduces_without_a_max():
   """An unfactored statistic is stored at least the smallest normal number (the floor that the
   update applies anyway), so the update RMS reduces ``g * rsqrt(v)`` without the max of the
   final pass: each elementwise operation inside XLA:CPU's reductions costs time (ViT-B/16's
-  step took 3-7% less). Float16 statistics keep the max: their floor (6e-5) is too high."""
+  step took 3-8% less). Float16 statistics keep the max: their floor (6e-5) is too high."""
   params = {"bias": jnp.ones(256), "qkv": jnp.ones((64, 3, 4, 64))}  # unfactored: 64 < 128
 
   def rsqrt_inputs(tx):
