@@ -96,13 +96,13 @@ class Deferred:
            reduced: Optional[Callable[..., jax.Array]] = None) -> None:
     """The update becomes ``f(update, *args)``; `f` must keep its shape and dtype.
 
-    `reduced` is ``f`` in fewer operations, equal to it bit for bit on the arguments given (a
-    floor that `args` already satisfy, left out), for a reduction of the formula: inside
+    `reduced` is ``f`` in fewer operations, equal to it bit for bit on the arguments given (for
+    example without a floor that `args` already satisfy), for a reduction of the formula: inside
     XLA:CPU's reductions every elementwise operation costs time, in the final pass none does.
     Being a different expression, it also keeps XLA from sharing the formula between that
     reduction and the final pass, which the offsets otherwise do; so only the first kind of
-    reduction of this leaf evaluates it (two reductions of one unoffset expression could share
-    it as a stored buffer).
+    reduction of this leaf evaluates it (two reductions of one expression without offsets could
+    share it as a stored buffer).
     """
     self.flush()
     fn, rfn, k = self.fn, self.reduced_fn, len(self.inputs)
