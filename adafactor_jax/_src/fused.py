@@ -106,10 +106,9 @@ class Deferred:
     """
     self.flush()
     fn, rfn, k = self.fn, self.reduced_fn, len(self.inputs)
-    self.fn = lambda *xs: f(fn(*xs[:k]), *xs[k:])
+    self.fn = _extended(fn, f, k)
     if rfn is not None or reduced is not None:
-      base, g = rfn or fn, reduced or f
-      self.reduced_fn = lambda *xs: g(base(*xs[:k]), *xs[k:])
+      self.reduced_fn = _extended(rfn or fn, reduced or f, k)
     self.inputs = self.inputs + args
 
   def flush(self) -> None:
@@ -206,6 +205,12 @@ class Deferred:
   @property
   def aval(self) -> jax.ShapeDtypeStruct:
     return jax.ShapeDtypeStruct(self.shape, self.dtype)
+
+
+def _extended(fn: Callable[..., jax.Array], f: Callable[..., jax.Array],
+              k: int) -> Callable[..., jax.Array]:
+  """``f(fn(*inputs), *args)`` as a function of ``inputs + args``, `fn` taking the first `k`."""
+  return lambda *xs: f(fn(*xs[:k]), *xs[k:])
 
 
 def like_leaf(s: jax.Array, ndim: int) -> jax.Array:
