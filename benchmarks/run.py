@@ -91,6 +91,12 @@ FEATURE_OPTIMIZERS = {
         (lambda kw=kw: adafactor_jax.keras_adafactor(1e-3, **kw))
     for suffix, kw in KERAS_FEATURES.items()} | {
     "adafactor_jax.keras_adadelta": lambda: adafactor_jax.keras_adadelta(1e-3),
+    # What the default's two whole-leaf reductions cost: the update RMS (clipping) and the
+    # parameter RMS (the relative step size), each a pass over the leaf that these skip.
+    "adafactor_jax.adafactor+no_clipping": lambda: adafactor_jax.adafactor(
+        1e-3, clipping_threshold=None),
+    "adafactor_jax.adafactor+no_clipping+no_param_scale": lambda: adafactor_jax.adafactor(
+        1e-3, clipping_threshold=None, multiply_by_parameter_scale=False),
 }
 
 
@@ -271,7 +277,7 @@ def available_extras() -> list[str]:
 
 
 def available_opt_in() -> list[str]:
-  """The configurations that run only when named (`KERAS_FEATURES`)."""
+  """The configurations that run only when named (`FEATURE_OPTIMIZERS`, `KERAS_FEATURES`)."""
   out = list(FEATURE_OPTIMIZERS)
   if _importable("keras"):
     out += [f"keras.optimizers.Adafactor{suffix}" for suffix in KERAS_FEATURES]

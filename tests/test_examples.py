@@ -9,6 +9,8 @@ import re
 import sys
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from adafactor_jax._src import fused
@@ -101,6 +103,36 @@ def test_benchmark_keras_features():
   # Adadelta: two moments of the params' size as state, like Keras's (plus its counters)
   assert rows["adafactor_jax.keras_adadelta"]["state_mb"] == pytest.approx(2 * param_mb)
   assert rows["keras.optimizers.Adadelta"]["state_mb"] == pytest.approx(2 * param_mb, abs=1e-4)
+
+
+def test_benchmark_without_the_rms_reductions():
+  """The opt-in configurations without the update RMS and the parameter RMS: each reduction
+  left out is one kernel per leaf fewer in the compiled step, and the updates are unclipped, then
+  also unscaled by the parameter RMS."""
+  bench = load("run", "benchmarks")
+  names = ["adafactor_jax.adafactor", "adafactor_jax.adafactor+no_clipping",
+           "adafactor_jax.adafactor+no_clipping+no_param_scale"]
+  assert set(names[1:]) <= set(bench.available_opt_in())
+  params = {"kernel": jnp.full((256, 256), 0.5), "bias": jnp.full((256,), 0.5)}
+  small, large = (jax.tree.map(lambda p, g=g: jnp.full_like(p, g), params) for g in (1e-3, 1.0))
+  kernels, second = [], []
+  for name in names:
+    tx = (bench.OPTIMIZERS | bench.FEATURE_OPTIMIZERS)[name]()
+    state = tx.init(params)
+    hlo = jax.jit(tx.update).lower(small, state, params).compile().as_text()
+    kernels.append(hlo[hlo.index("ENTRY"):].count("fusion("))
+    _, state = tx.update(small, state, params)
+    second.append(tx.update(large, state, params)[0])
+  assert kernels[0] > kernels[1] > kernels[2]
+  # the second step's statistic: beta2 = 1 - 2**-0.8 of the first squared gradient, the rest the
+  # second's; constant gradients, so the factored estimate is exact and both leaves step alike
+  beta2 = 1 - 2.0 ** -0.8
+  u = 1 / np.sqrt(beta2 * (1e-3 ** 2 + 1e-30) + (1 - beta2) * (1.0 + 1e-30))
+  assert u > 1.3  # above the clipping threshold 1
+  for leaf in ("kernel", "bias"):
+    np.testing.assert_allclose(second[0][leaf], -1e-3 * 0.5 * 1.0, rtol=1e-6)
+    np.testing.assert_allclose(second[1][leaf], -1e-3 * 0.5 * u, rtol=1e-6)
+    np.testing.assert_allclose(second[2][leaf], -1e-3 * u, rtol=1e-6)
 
 
 @pytest.mark.parametrize("flag", ["--reps", "--compile-reps"])
