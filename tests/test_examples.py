@@ -107,8 +107,8 @@ def test_benchmark_keras_features():
 
 def test_benchmark_without_the_rms_reductions():
   """The opt-in configurations without the update RMS and the parameter RMS: each reduction
-  left out is one kernel per leaf fewer in the compiled step, and the updates are unclipped, then
-  also unscaled by the parameter RMS."""
+  left out leaves fewer kernels in the compiled step, and the updates are unclipped, then also
+  unscaled by the parameter RMS."""
   bench = load("run", "benchmarks")
   names = ["adafactor_jax.adafactor", "adafactor_jax.adafactor+no_clipping",
            "adafactor_jax.adafactor+no_clipping+no_param_scale"]
