@@ -331,11 +331,44 @@ def test_half_precision_reductions_leave_no_full_size_temporaries(dtype, name, m
   assert _temp_fraction(tx(), params) >= 1.0
 
 
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+@pytest.mark.parametrize("factory", [
+    lambda: af.adafactor(1e-3, momentum=0.9, weight_decay_rate=1e-3),
+    lambda: af.keras_adafactor(1e-3, weight_decay=1e-2),
+    lambda: af.keras_adafactor(1e-3, global_clipnorm=1.0)],
+    ids=["momentum_wd", "keras_weight_decay", "keras_global_clipnorm"])
+def test_half_precision_leaves_of_one_block_are_chained_too(dtype, factory, monkeypatch):
+  """A half-precision leaf of at most `fused.BLOCK_ELEMENTS` is reduced in one block, linked
+  to the block before by an integer add of the link's zero to its bits: the float32 copies of
+  a few blocks exist at a time, at most ``12 * BLOCK_ELEMENTS`` bytes. A floating offset (or
+  a slice of the whole axis, which is the array itself) leaves XLA:CPU free to compute the
+  copies of bfloat16 leaves all at once."""
+  monkeypatch.setattr(fused, "BLOCK_ELEMENTS", 1 << 16)
+  params = {**{f"w{i}": jnp.zeros((256, 256), dtype) for i in range(6)},  # factored
+            **{f"q{i}": jnp.zeros((256, 4, 64), dtype) for i in range(6)}}  # unfactored
+  assert all(fused.MIN_SIZE_APART <= x.size <= fused.BLOCK_ELEMENTS
+             for x in jax.tree.leaves(params))
+  n_bytes = sum(x.nbytes for x in jax.tree.leaves(params))
+  bound = 12 * fused.BLOCK_ELEMENTS
+  temp = _temp_fraction(factory(), params) * n_bytes
+  assert temp <= bound, f"{temp / 1e6:.2f} MB of temporaries"
+  if dtype == jnp.bfloat16:  # the check above can fail
+    rows = fused._rows
+    monkeypatch.setattr(fused, "_rows", lambda x, first, size, zero: (
+        rows(x, first, size, zero) if size < x.shape[0] else
+        fused.offset(x, zero.astype(jnp.float32))))
+    assert _temp_fraction(factory(), params) * n_bytes > 2 * bound
+
+
+@pytest.mark.parametrize("block_elements", [1 << 14, fused.BLOCK_ELEMENTS],
+                         ids=["several_blocks", "one_block"])
 @pytest.mark.parametrize("axes", [(0,), (1,), (0, 1), (1, 2)])
-def test_mean_in_blocks_equals_mean(axes):
+def test_mean_in_blocks_equals_mean(axes, block_elements, monkeypatch):
   """`fused.mean` (and `fused.total`) of a large half-precision array (in blocks of rows,
-  float32 sums) equals jnp.mean (jnp.sum) of its float32 values; a NaN in one array's block makes only that array's mean NaN
-  (the link between blocks stays an exact zero)."""
+  float32 sums; here in 5 blocks, or in one of the whole array) equals jnp.mean (jnp.sum) of
+  its float32 values; a NaN in one array's block makes only that array's mean NaN (the link
+  between blocks stays an exact zero)."""
+  monkeypatch.setattr(fused, "BLOCK_ELEMENTS", block_elements)
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.normal(size=(300, 17, 16)), jnp.bfloat16)
   assert x.size >= fused.MIN_SIZE_APART

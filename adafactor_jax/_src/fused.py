@@ -319,8 +319,7 @@ def offset(x: Any, z: Optional[jax.Array]) -> Any:
 
 
 # A reduction of a half-precision array of at least MIN_SIZE_APART elements runs in blocks of
-# whole rows, about this many elements each (at least one row, and at least two blocks; see
-# `Link`).
+# whole rows, at most about this many elements each (at least one row; see `Link`).
 BLOCK_ELEMENTS = 1 << 21
 
 
@@ -334,7 +333,8 @@ class Link:
   sliced at a start offset by an integer zero that XLA cannot fold, computed from the result of
   the block before (this one `Link` for all reductions of one update): the copies of at most
   three blocks exist at once, ``12 * BLOCK_ELEMENTS`` bytes (bf16 BERT-base: 9 MB). The blocks
-  need no offsets either: each reads its own slices.
+  need no offsets either: each reads its own slices. An array of at most BLOCK_ELEMENTS is one
+  block, which adds the zero to its bits instead (see `_rows`).
   """
 
   def __init__(self):
@@ -432,17 +432,18 @@ def largest(f: Callable[..., jax.Array], inputs: list, shape: tuple,
 def _sum_blocks(f: Callable[..., jax.Array], inputs: list, shape: tuple, axes: tuple[int, ...],
                 link: Link, *, largest: bool = False) -> tuple[jax.Array, jnp.dtype]:
   """The float32 (or wider) sum of ``f(*inputs)`` over `axes` (kept), or with `largest` its
-  maximum, in blocks of whole rows chained by `link`, and the dtype of `f`'s values."""
+  maximum, in blocks of whole rows chained by `link` (one block for a leaf of at most
+  BLOCK_ELEMENTS, two at least for a larger one), and the dtype of `f`'s values."""
   f, inputs = link.expand(f, inputs)
-  # Two blocks at least: a slice of the whole axis would be the array itself, with no link.
-  rows = max(1, min(BLOCK_ELEMENTS // math.prod(shape[1:]), -(-shape[0] // 2)))
+  rows = shape[0] if math.prod(shape) <= BLOCK_ELEMENTS else max(
+      1, min(BLOCK_ELEMENTS // math.prod(shape[1:]), -(-shape[0] // 2)))
   parts = []
   for first in range(0, shape[0], rows):
     size = min(rows, shape[0] - first)
     zero = link.start(inputs[0])
     # Rows of the leaf-shaped inputs (and of factors along the leading axis); the other inputs
     # offset by the same zero, so that no broadcast of them is shared between blocks either.
-    block = [jax.lax.dynamic_slice_in_dim(x, first + zero, size, axis=0)
+    block = [_rows(x, first, size, zero)
              if getattr(x, "ndim", 0) == len(shape) and x.shape[0] == shape[0] else
              offset(x, zero.astype(jnp.float32)) for x in inputs]
     y = f(*block)
@@ -453,6 +454,22 @@ def _sum_blocks(f: Callable[..., jax.Array], inputs: list, shape: tuple, axes: t
   if 0 in axes:
     return functools.reduce(jnp.maximum if largest else jnp.add, parts), y.dtype
   return jnp.concatenate(parts, axis=0), y.dtype
+
+
+def _rows(x: jax.Array, first: int, size: int, zero: jax.Array) -> jax.Array:
+  """Rows ``first : first + size`` of `x`, read only once the int32 `zero` is known.
+
+  All the rows are not a slice (a slice of the whole leading axis is `x` itself, with no link
+  to `zero`) but `x` offset by `zero`: a half-precision `x` by an integer add to its bits
+  (exact). XLA:CPU computes bfloat16 arithmetic in float32, so a floating offset of a bfloat16
+  `x` reads a float32 copy of `x` that needs no `zero`, and XLA computes all such copies at once.
+  """
+  if size < x.shape[0]:
+    return jax.lax.dynamic_slice_in_dim(x, first + zero, size, axis=0)
+  if x.dtype in (jnp.bfloat16, jnp.float16):
+    return jax.lax.bitcast_convert_type(
+        jax.lax.bitcast_convert_type(x, jnp.int16) + zero.astype(jnp.int16), x.dtype)
+  return offset(x, zero.astype(jnp.float32))
 
 
 class Context:
