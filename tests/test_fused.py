@@ -90,12 +90,16 @@ def test_adafactor_argument_combinations_equal_blocks(name, kwargs):
     assert_trees_close(x, y, RTOL, ATOL, f"{name}, step {i + 1}")
 
 
+@pytest.mark.parametrize("block_elements", [1 << 14, fused.BLOCK_ELEMENTS],
+                         ids=["several_blocks", "one_block"])
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
-def test_half_precision_equals_blocks(dtype):
+def test_half_precision_equals_blocks(dtype, block_elements, monkeypatch):
   """Every block rounds to the update's dtype; the deferred formula does the same roundings.
 
   A reduction may sum in another order (one f32 ulp of an RMS), which can round an update to
-  the neighbouring half-precision value: held to one ulp (eps) of each leaf's scale."""
+  the neighbouring half-precision value: held to one ulp (eps) of each leaf's scale. The
+  largest leaf (100K elements) is reduced in two blocks of rows, or in one."""
+  monkeypatch.setattr(fused, "BLOCK_ELEMENTS", block_elements)
   params = compact_tree(0, dtype=dtype)
   for name in ("adafactor_full", "hf_adafactor_full", "torch_adafactor_full"):
     tx = PRESETS[name](0.01)
@@ -338,11 +342,11 @@ def test_half_precision_reductions_leave_no_full_size_temporaries(dtype, name, m
     lambda: af.keras_adafactor(1e-3, global_clipnorm=1.0)],
     ids=["momentum_wd", "keras_weight_decay", "keras_global_clipnorm"])
 def test_half_precision_leaves_of_one_block_are_chained_too(dtype, factory, monkeypatch):
-  """A half-precision leaf of at most `fused.BLOCK_ELEMENTS` is reduced in one block, linked
-  to the block before by an integer add of the link's zero to its bits: the float32 copies of
-  a few blocks exist at a time, at most ``12 * BLOCK_ELEMENTS`` bytes. A floating offset (or
-  a slice of the whole axis, which is the array itself) leaves XLA:CPU free to compute the
-  copies of bfloat16 leaves all at once."""
+  """A half-precision leaf of at most `fused.BLOCK_ELEMENTS` is reduced in one block (no
+  slices), linked to the block before by an integer add of the link's zero to its bits: the
+  float32 copies of a few blocks exist at a time, at most ``12 * BLOCK_ELEMENTS`` bytes. Without
+  a link (a slice of the whole axis is the array itself) XLA:CPU computes the copies all at
+  once; with a floating offset too, for bfloat16 (whose arithmetic it does in float32)."""
   monkeypatch.setattr(fused, "BLOCK_ELEMENTS", 1 << 16)
   params = {**{f"w{i}": jnp.zeros((256, 256), dtype) for i in range(6)},  # factored
             **{f"q{i}": jnp.zeros((256, 4, 64), dtype) for i in range(6)}}  # unfactored
@@ -350,14 +354,24 @@ def test_half_precision_leaves_of_one_block_are_chained_too(dtype, factory, monk
              for x in jax.tree.leaves(params))
   n_bytes = sum(x.nbytes for x in jax.tree.leaves(params))
   bound = 12 * fused.BLOCK_ELEMENTS
-  temp = _temp_fraction(factory(), params) * n_bytes
-  assert temp <= bound, f"{temp / 1e6:.2f} MB of temporaries"
-  if dtype == jnp.bfloat16:  # the check above can fail
-    rows = fused._rows
-    monkeypatch.setattr(fused, "_rows", lambda x, first, size, zero: (
-        rows(x, first, size, zero) if size < x.shape[0] else
-        fused.offset(x, zero.astype(jnp.float32))))
-    assert _temp_fraction(factory(), params) * n_bytes > 2 * bound
+
+  def temp():
+    tx = factory()
+    jaxpr = jax.make_jaxpr(tx.update)(params, tx.init(params), params)
+    assert "dynamic_slice" not in str(jaxpr)  # one block per leaf
+    return _temp_fraction(tx, params) * n_bytes
+
+  got = temp()
+  assert got <= bound, f"{got / 1e6:.2f} MB of temporaries"
+  # The check can fail: without the link, and (bfloat16) with a floating offset.
+  rows = fused._rows
+  others = {"unlinked": lambda x, zero: x}
+  if dtype == jnp.bfloat16:
+    others["floating offset"] = lambda x, zero: fused.offset(x, zero.astype(jnp.float32))
+  for name, whole in others.items():
+    monkeypatch.setattr(fused, "_rows", lambda x, first, size, zero, whole=whole: (
+        rows(x, first, size, zero) if size < x.shape[0] else whole(x, zero)))
+    assert temp() > 2 * bound, name
 
 
 @pytest.mark.parametrize("block_elements", [1 << 14, fused.BLOCK_ELEMENTS],
@@ -393,12 +407,16 @@ def test_mean_in_blocks_equals_mean(axes, block_elements, monkeypatch):
   assert bool(jnp.isnan(got_bad).any()) and bool(jnp.isfinite(got).all())
 
 
+@pytest.mark.parametrize("block_elements", [1 << 14, fused.BLOCK_ELEMENTS],
+                         ids=["several_blocks", "one_block"])
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
-def test_blocks_of_a_recipe_equal_blocks_of_the_array(dtype):
+def test_blocks_of_a_recipe_equal_blocks_of_the_array(dtype, block_elements, monkeypatch):
   """A reduction in blocks of an array with a `Link.recipe` computes its blocks from slices of
-  the recipe's inputs: the same numbers as slices of the stored array, Keras's decayed weights
-  rounded op by op (XLA would otherwise keep half-precision products in float32 inside the
-  reduction, which moves this mean by about 1e-3)."""
+  the recipe's inputs (in one block, from the inputs offset by the link's zero): the same
+  numbers as the blocks of the stored array, Keras's decayed weights rounded op by op (XLA
+  would otherwise keep half-precision products in float32 inside the reduction, which moves
+  this mean by about 1e-3)."""
+  monkeypatch.setattr(fused, "BLOCK_ELEMENTS", block_elements)
   rng = np.random.default_rng(0)
   p = jnp.asarray(rng.normal(size=(2048, 256)), dtype)
   wd, lr = jnp.asarray(0.05, dtype), jnp.asarray(0.1, dtype)

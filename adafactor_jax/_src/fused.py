@@ -161,7 +161,7 @@ class Deferred:
                    full_size: bool = False) -> jax.Array:
     """``reduce(elem(value_apart(purpose)))`` for `reduce` `mean` (its axes given) or `total`,
     which run in blocks where they take them (the blocks need no offsets: each reads its own
-    slices)."""
+    slices, or as one block its inputs offset by the link's zero; see `_rows`)."""
     blocked = link is not None and _blocked(self.inputs, self.shape)
     f, inputs = self._apart(purpose, full_size, offset=not blocked, reduction=True)
     return reduce(lambda *xs: elem(f(*xs)), inputs, self.shape, link=link)
@@ -461,8 +461,9 @@ def _rows(x: jax.Array, first: int, size: int, zero: jax.Array) -> jax.Array:
 
   All the rows are not a slice (a slice of the whole leading axis is `x` itself, with no link
   to `zero`) but `x` offset by `zero`: a half-precision `x` by an integer add to its bits
-  (exact). XLA:CPU computes bfloat16 arithmetic in float32, so a floating offset of a bfloat16
-  `x` reads a float32 copy of `x` that needs no `zero`, and XLA computes all such copies at once.
+  (exact), any other by `offset` (exact but for -0.0, which becomes +0.0). XLA:CPU computes
+  bfloat16 arithmetic in float32, so a floating offset of a bfloat16 `x` reads a float32 copy of
+  `x` that needs no `zero`, and XLA computes all such copies at once.
   """
   if size < x.shape[0]:
     return jax.lax.dynamic_slice_in_dim(x, first + zero, size, axis=0)
