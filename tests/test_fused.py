@@ -376,6 +376,25 @@ def test_half_precision_leaves_of_one_block_are_chained_too(dtype, factory, monk
 
 @pytest.mark.parametrize("block_elements", [1 << 14, fused.BLOCK_ELEMENTS],
                          ids=["several_blocks", "one_block"])
+def test_largest_in_blocks_equals_max(block_elements, monkeypatch):
+  """`fused.largest` of a large half-precision array (the overflow branch of Keras's global
+  norm), in 5 blocks or one, is ``jnp.max(..., initial=0)`` exactly, with a NaN in the array
+  too (which XLA:CPU's maximum reduction skips here, in both)."""
+  monkeypatch.setattr(fused, "BLOCK_ELEMENTS", block_elements)
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(rng.normal(size=(300, 17, 16)), jnp.bfloat16)
+  bad = x.at[299, 3, 2].set(jnp.nan)
+  f = lambda u: jnp.abs(u.astype(jnp.float32))
+  largest = jax.jit(lambda a: fused.largest(f, [a], a.shape, fused.Link()))
+  assert float(largest(x)) == float(jnp.max(f(x), initial=0.0)) > 0
+  for at in [(0, 0, 0), (150, 8, 8), (299, 16, 15)]:  # in the first, a middle, the last block
+    assert float(largest(x.at[at].set(-64.0))) == 64.0
+  np.testing.assert_array_equal(np.asarray(largest(bad)),
+                                np.asarray(jax.jit(lambda a: jnp.max(f(a), initial=0.0))(bad)))
+
+
+@pytest.mark.parametrize("block_elements", [1 << 14, fused.BLOCK_ELEMENTS],
+                         ids=["several_blocks", "one_block"])
 @pytest.mark.parametrize("axes", [(0,), (1,), (0, 1), (1, 2)])
 def test_mean_in_blocks_equals_mean(axes, block_elements, monkeypatch):
   """`fused.mean` (and `fused.total`) of a large half-precision array (in blocks of rows,
