@@ -435,6 +435,8 @@ def _sum_blocks(f: Callable[..., jax.Array], inputs: list, shape: tuple, axes: t
   maximum, in blocks of whole rows chained by `link` (one block for a leaf of at most
   BLOCK_ELEMENTS, two at least for a larger one), and the dtype of `f`'s values."""
   f, inputs = link.expand(f, inputs)
+  # A larger leaf has two blocks at least by the first bound; the second, half its rows, only
+  # evens out the blocks of a leaf a little over BLOCK_ELEMENTS.
   rows = shape[0] if math.prod(shape) <= BLOCK_ELEMENTS else max(
       1, min(BLOCK_ELEMENTS // math.prod(shape[1:]), -(-shape[0] // 2)))
   parts = []
