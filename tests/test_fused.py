@@ -23,6 +23,15 @@ from adafactor_jax._src import factored
 from adafactor_jax._src import fused
 from adafactor_jax._src import keras_features as kf
 
+
+@pytest.fixture(params=[1 << 14, fused.BLOCK_ELEMENTS], ids=["several_blocks", "one_block"])
+def block_elements(request, monkeypatch):
+  """`fused.BLOCK_ELEMENTS` for the test: a large half-precision leaf in several blocks of rows,
+  or (the default) in one."""
+  monkeypatch.setattr(fused, "BLOCK_ELEMENTS", request.param)
+  return request.param
+
+
 STEPS = 8
 RTOL, ATOL = 1e-6, 1e-6  # the issue's rtol; atol of the leaf's scale for elements near zero
 
@@ -90,16 +99,13 @@ def test_adafactor_argument_combinations_equal_blocks(name, kwargs):
     assert_trees_close(x, y, RTOL, ATOL, f"{name}, step {i + 1}")
 
 
-@pytest.mark.parametrize("block_elements", [1 << 14, fused.BLOCK_ELEMENTS],
-                         ids=["several_blocks", "one_block"])
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
-def test_half_precision_equals_blocks(dtype, block_elements, monkeypatch):
+def test_half_precision_equals_blocks(dtype, block_elements):
   """Every block rounds to the update's dtype; the deferred formula does the same roundings.
 
   A reduction may sum in another order (one f32 ulp of an RMS), which can round an update to
   the neighbouring half-precision value: held to one ulp (eps) of each leaf's scale. The
   largest leaf (100K elements) is reduced in two blocks of rows, or in one."""
-  monkeypatch.setattr(fused, "BLOCK_ELEMENTS", block_elements)
   params = compact_tree(0, dtype=dtype)
   for name in ("adafactor_full", "hf_adafactor_full", "torch_adafactor_full"):
     tx = PRESETS[name](0.01)
@@ -374,13 +380,10 @@ def test_half_precision_leaves_of_one_block_are_chained_too(dtype, factory, monk
     assert temp() > 2 * bound, name
 
 
-@pytest.mark.parametrize("block_elements", [1 << 14, fused.BLOCK_ELEMENTS],
-                         ids=["several_blocks", "one_block"])
-def test_largest_in_blocks_equals_max(block_elements, monkeypatch):
+def test_largest_in_blocks_equals_max(block_elements):
   """`fused.largest` of a large half-precision array (the overflow branch of Keras's global
   norm), in 5 blocks or one, is ``jnp.max(..., initial=0)`` exactly, with a NaN in the array
   too (which XLA:CPU's maximum reduction skips here, in both)."""
-  monkeypatch.setattr(fused, "BLOCK_ELEMENTS", block_elements)
   rng = np.random.default_rng(1)
   x = jnp.asarray(rng.normal(size=(300, 17, 16)), jnp.bfloat16)
   bad = x.at[299, 3, 2].set(jnp.nan)
@@ -393,15 +396,12 @@ def test_largest_in_blocks_equals_max(block_elements, monkeypatch):
                                 np.asarray(jax.jit(lambda a: jnp.max(f(a), initial=0.0))(bad)))
 
 
-@pytest.mark.parametrize("block_elements", [1 << 14, fused.BLOCK_ELEMENTS],
-                         ids=["several_blocks", "one_block"])
 @pytest.mark.parametrize("axes", [(0,), (1,), (0, 1), (1, 2)])
-def test_mean_in_blocks_equals_mean(axes, block_elements, monkeypatch):
+def test_mean_in_blocks_equals_mean(axes, block_elements):
   """`fused.mean` (and `fused.total`) of a large half-precision array (in blocks of rows,
   float32 sums; here in 5 blocks, or in one of the whole array) equals jnp.mean (jnp.sum) of
   its float32 values; a NaN in one array's block makes only that array's mean NaN (the link
   between blocks stays an exact zero)."""
-  monkeypatch.setattr(fused, "BLOCK_ELEMENTS", block_elements)
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.normal(size=(300, 17, 16)), jnp.bfloat16)
   assert x.size >= fused.MIN_SIZE_APART
@@ -426,16 +426,13 @@ def test_mean_in_blocks_equals_mean(axes, block_elements, monkeypatch):
   assert bool(jnp.isnan(got_bad).any()) and bool(jnp.isfinite(got).all())
 
 
-@pytest.mark.parametrize("block_elements", [1 << 14, fused.BLOCK_ELEMENTS],
-                         ids=["several_blocks", "one_block"])
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
-def test_blocks_of_a_recipe_equal_blocks_of_the_array(dtype, block_elements, monkeypatch):
+def test_blocks_of_a_recipe_equal_blocks_of_the_array(dtype, block_elements):
   """A reduction in blocks of an array with a `Link.recipe` computes its blocks from slices of
   the recipe's inputs (in one block, from the inputs offset by the link's zero): the same
   numbers as the blocks of the stored array, Keras's decayed weights rounded op by op (XLA
   would otherwise keep half-precision products in float32 inside the reduction, which moves
   this mean by about 1e-3)."""
-  monkeypatch.setattr(fused, "BLOCK_ELEMENTS", block_elements)
   rng = np.random.default_rng(0)
   p = jnp.asarray(rng.normal(size=(2048, 256)), dtype)
   wd, lr = jnp.asarray(0.05, dtype), jnp.asarray(0.1, dtype)
