@@ -39,12 +39,50 @@ BAD_CONSTRUCTION = [
     (af.scale_by_param_block_rms, dict(min_scale=-1.0), "min_scale"),
     (af.scale_by_param_block_rms, dict(max_scale=0.0), "max_scale"),
     (af.scale_by_learning_rate, dict(learning_rate=-1.0), "learning_rate"),
-    (af.scale_by_momentum, dict(decay=1.0), "momentum"),
+    (af.scale_by_momentum, dict(decay=1.0), "decay"),
     (af.add_decayed_weights, dict(weight_decay=-1.0), "weight_decay"),
     (af.add_decayed_weights, dict(weight_decay=0.1, mask={"w": "yes"}), "mask"),
     (af.scale_by_adadelta, dict(rho=2.0), "rho"),
     (af.mask_by_path, dict(include=["("]), "include"),
     (af.mask_by_path, dict(exclude=[3]), "exclude"),
+    # switches: a bool, not a truthy string or a number
+    (af.adafactor, dict(factored="no"), "factored"),
+    (af.adafactor, dict(factored=None), "factored"),
+    (af.adafactor, dict(multiply_by_parameter_scale="no"), "multiply_by_parameter_scale"),
+    (af.adafactor, dict(multiply_by_parameter_scale=1), "multiply_by_parameter_scale"),
+    (af.scale_by_factored_rms, dict(factored="no"), "factored"),
+    (af.scale_by_learning_rate, dict(learning_rate=0.1, flip_sign="no"), "flip_sign"),
+    (af.hf_adafactor, dict(scale_parameter="no"), "scale_parameter"),
+    (af.hf_adafactor, dict(relative_step=2), "relative_step"),
+    (af.hf_adafactor, dict(warmup_init="yes"), "warmup_init"),
+    (af.keras_adafactor, dict(learning_rate=0.1, relative_step="no"), "relative_step"),
+    (af.keras_adafactor, dict(learning_rate=0.1, use_ema=1), "use_ema"),
+    (af.torch_adafactor, dict(maximize="no"), "maximize"),
+    # dtypes: a floating one (accumulators of complex updates may be complex), or None
+    (af.adafactor, dict(momentum=0.9, dtype_momentum="foo"), "dtype_momentum"),
+    (af.adafactor, dict(momentum=0.9, dtype_momentum=jnp.int32), "dtype_momentum"),
+    (af.adafactor, dict(stats_dtype="foo"), "stats_dtype"),
+    (af.adafactor, dict(stats_dtype=jnp.complex64), "stats_dtype"),
+    (af.big_vision_adafactor, dict(learning_rate=0.1, dtype_momentum=jnp.int8), "dtype_momentum"),
+    (af.adadelta, dict(stats_dtype=jnp.int32), "stats_dtype"),
+    (af.keras_adadelta, dict(learning_rate=0.1, stats_dtype=jnp.int32), "stats_dtype"),
+    (af.keras_adafactor, dict(learning_rate=0.1, stats_dtype=bool), "stats_dtype"),
+    (af.torch_adafactor, dict(stats_dtype=jnp.int32), "stats_dtype"),
+    (af.scale_by_adadelta, dict(stats_dtype=jnp.int32), "stats_dtype"),
+    (af.scale_by_momentum, dict(decay=0.9, accumulator_dtype=jnp.int32), "accumulator_dtype"),
+    (af.ema_params, dict(dtype="foo"), "dtype"),
+    # the building blocks name their own arguments (the Keras presets check Keras's names)
+    (af.ema_params, dict(momentum=1.5), "momentum"),
+    (af.ema_params, dict(overwrite_frequency=0), "overwrite_frequency"),
+    (af.clip_by_leaf_norm, dict(max_norm=0.0), "max_norm"),
+    (af.clip_by_global_norm, dict(max_norm=-1.0), "max_norm"),
+    (af.clip_by_value, dict(max_value=0.0), "max_value"),
+    # wrapped transformations
+    (af.skip_nonfinite, dict(inner=3), "inner"),
+    (af.with_decoupled_weight_decay, dict(inner="adafactor", weight_decay=0.1), "inner"),
+    (af.accumulate_gradients, dict(inner=None, gradient_accumulation_steps=2), "inner"),
+    (af.accumulate_gradients, dict(inner=af.adafactor(0.1), gradient_accumulation_steps=2,
+                                   accumulator_dtype=jnp.int32), "accumulator_dtype"),
 ]
 
 
@@ -56,8 +94,8 @@ def test_bad_hyperparameter_raises_at_construction(factory, kwargs, arg):
     factory(**kwargs)
   msg = str(err.value)
   assert arg in msg, msg
-  value = next(iter(kwargs.values()))
-  if isinstance(value, float) and arg != "mask":
+  value = kwargs.get(arg, list(kwargs.values())[-1])  # the bad one
+  if isinstance(value, (float, str)) and arg != "mask":
     assert repr(value) in msg or "out of range" in msg, msg
 
 
@@ -68,6 +106,55 @@ def test_range_named_in_message():
     af.adadelta(rho=1.5)
   with pytest.raises(ValueError, match=r"decay_rate=0\.0 .* \(0\.0, inf\)"):
     af.adafactor(decay_rate=0.0)
+
+
+def test_bad_dtype_and_switch_messages():
+  with pytest.raises(ValueError, match=r"dtype_momentum=dtype\('int32'\) is not a floating or "
+                                       r"complex dtype"):
+    af.adafactor(momentum=0.9, dtype_momentum=jnp.int32)
+  with pytest.raises(ValueError, match=r"stats_dtype='foo' is not a floating dtype"):
+    af.adafactor(stats_dtype="foo")
+  with pytest.raises(ValueError, match=r"factored must be a bool, got 'no'"):
+    af.adafactor(factored="no")
+  with pytest.raises(ValueError, match=r"chain: transforms\[1\] must be an optax "
+                                       r"GradientTransformation.*got 3"):
+    af.chain(af.scale_by_factored_rms(), 3)
+
+
+def test_good_dtypes_accepted():
+  """Strings, NumPy and JAX dtypes, and None (the param dtype) are all accepted."""
+  params = {"w": jnp.ones((3, 4), jnp.complex64)}
+  for dtype in ("bfloat16", jnp.float16, jnp.dtype("float32"), None):
+    tx = af.adafactor(0.1, momentum=0.9, dtype_momentum=dtype, stats_dtype=dtype)
+    state = tx.init({"w": jnp.ones((3, 4))})
+    mu = next(s.mu for s in state if isinstance(s, af.ScaleByMomentumState))
+    assert mu["w"].dtype == (jnp.float32 if dtype is None else jnp.dtype(dtype))
+  tx = af.adafactor(0.1, momentum=0.9, dtype_momentum=jnp.complex64)  # complex updates' average
+  updates, _ = tx.update(params, tx.init(params), params)
+  assert updates["w"].dtype == jnp.complex64
+
+
+def test_integer_gradient_names_the_leaf():
+  """An integer update would be truncated to zero (the update of an int leaf is cast back)."""
+  tx = af.adafactor(0.1)
+  params = {"enc": {"w": jnp.ones((3, 4)), "step": jnp.ones((), jnp.int32)}}
+  with pytest.raises(ValueError, match=r"'enc/step' has dtype int32: gradients must be floating"):
+    tx.update(params, tx.init(params), params)
+
+
+def test_injected_switch_needs_a_python_bool():
+  import jax
+  import optax
+  tx = optax.inject_hyperparams(af.adafactor, static_args=("min_dim_size_to_factor",))(
+      learning_rate=0.1, factored=1)  # a number (not a bool) is injected as an array
+  with pytest.raises(ValueError, match=r"factored must be a bool, got Array\(1"):
+    tx.init({"w": jnp.ones((3, 4))})
+
+  def build(factored):  # a switch traced under jit
+    af.adafactor(0.1, factored=factored)
+    return factored
+  with pytest.raises(ValueError, match="factored .* concrete bool.*static_args"):
+    jax.jit(build)(True)
 
 
 def test_factor_rule_rank_mismatch_names_the_leaf():

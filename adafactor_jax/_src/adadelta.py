@@ -16,7 +16,6 @@ from adafactor_jax._src import fused
 from adafactor_jax._src import tree as tree_lib
 from adafactor_jax._src import validation
 from adafactor_jax._src.factored import abs_sq
-from adafactor_jax._src.factored import as_dtype
 from adafactor_jax._src.factored import stats_dtype_for
 
 
@@ -60,7 +59,7 @@ def scale_by_adadelta(
   """
   validation.check_number("rho", rho, low=0.0, high=1.0)
   validation.check_number("eps", eps, low=0.0)
-  stats_dtype = as_dtype(stats_dtype)
+  stats_dtype = validation.check_dtype("stats_dtype", stats_dtype)
   name = "scale_by_adadelta"
 
   def init_fn(params):

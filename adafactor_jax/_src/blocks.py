@@ -26,7 +26,6 @@ from adafactor_jax._src import factoring
 from adafactor_jax._src import fused
 from adafactor_jax._src import tree as tree_lib
 from adafactor_jax._src import validation
-from adafactor_jax._src.factored import as_dtype
 
 MaskOrFn = Union[Any, Callable[[optax.Params], Any], None]
 
@@ -250,6 +249,7 @@ def scale_by_learning_rate(
     As ``optax.scale_by_learning_rate``.
   """
   validation.check_scalar_or_schedule("learning_rate", learning_rate, low=0.0)
+  validation.check_bool("flip_sign", flip_sign)
   sign = -1.0 if flip_sign else 1.0
 
   if callable(learning_rate):
@@ -372,8 +372,9 @@ def scale_by_momentum(
   References:
     Zhai et al., `Scaling Vision Transformers <https://arxiv.org/abs/2106.04560>`_, 2021.
   """
-  validation.check_number("momentum", decay, low=0.0, high=1.0, high_inclusive=False)
-  accumulator_dtype = as_dtype(accumulator_dtype)
+  validation.check_number("decay", decay, low=0.0, high=1.0, high_inclusive=False)
+  accumulator_dtype = validation.check_dtype("accumulator_dtype", accumulator_dtype,
+                                             complex_ok=True)
 
   def init_fn(params):
     return ScaleByMomentumState(mu=jax.tree.map(
@@ -558,7 +559,13 @@ def mask_by_first_match(rules: Any, name: str) -> Callable[[Any], Any]:
   """A mask function from ``{key-path regex: bool}`` (or pairs): the first matching pattern
   (``re.search`` on the '/'-joined key path) gives a leaf's value, as t5x's ``HParamMap``; a
   leaf that matches no pattern is an error naming it."""
-  items = list(rules.items()) if isinstance(rules, dict) or hasattr(rules, "items") else list(rules)
+  if hasattr(rules, "items"):
+    items = list(rules.items())
+  elif isinstance(rules, (list, tuple)):
+    items = list(rules)
+  else:
+    raise ValueError(f"{name} must be a bool, a mapping or a sequence of (key-path regex, bool) "
+                     f"pairs, got {rules!r}.")
   compiled = []
   for item in items:
     if not (isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], str)

@@ -12,7 +12,6 @@ from typing import Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from jax.typing import ArrayLike
 from jax.typing import DTypeLike
@@ -87,23 +86,9 @@ def abs_sq(x: jax.Array, dtype: DTypeLike) -> jax.Array:
   return jnp.minimum(square(x, dtype), jnp.asarray(sq_cap(dtype, x.size), dtype))
 
 
-def as_dtype(dtype: Any) -> Optional[jnp.dtype]:
-  """`dtype` as a NumPy dtype (None stays None).
-
-  ``optax.inject_hyperparams`` treats every callable argument as a schedule, so a dtype default
-  such as ``jnp.float32`` reaches the factory as ``jnp.float32(count)``, an array of that
-  dtype: its dtype is the one meant.
-  """
-  if dtype is None:
-    return None
-  if hasattr(dtype, "dtype") and not isinstance(dtype, (np.dtype, type)):
-    return jnp.dtype(dtype.dtype)
-  return jnp.dtype(dtype)
-
-
 def stats_dtype_for(param_dtype: DTypeLike, stats_dtype: Optional[DTypeLike]) -> jnp.dtype:
   """The dtype of a leaf's statistics: `stats_dtype`, or the param's real dtype when None."""
-  dtype = as_dtype(param_dtype if stats_dtype is None else stats_dtype)
+  dtype = validation.as_dtype(param_dtype if stats_dtype is None else stats_dtype)
   return jnp.finfo(dtype).dtype if jnp.issubdtype(dtype, jnp.complexfloating) else dtype
 
 
@@ -286,10 +271,9 @@ def scale_by_factored_rms(
   if not callable(decay_rate_fn):
     raise ValueError(f"decay_rate_fn must be callable (step, decay_rate) -> beta2, got "
                      f"{decay_rate_fn!r}.")
-  stats_dtype = as_dtype(stats_dtype)
-  if stats_dtype is not None and not jnp.issubdtype(stats_dtype, jnp.floating):
-    raise ValueError(f"stats_dtype={stats_dtype!r} must be a floating dtype or None.")
-  rules = factoring.as_rules(factor_rule, factored=bool(factored),
+  stats_dtype = validation.check_dtype("stats_dtype", stats_dtype)
+  validation.check_bool("factored", factored)
+  rules = factoring.as_rules(factor_rule, factored=factored,
                              min_dim_size_to_factor=int(min_dim_size_to_factor))
   name = "scale_by_factored_rms"
 

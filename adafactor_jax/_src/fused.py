@@ -38,6 +38,7 @@ import optax
 from jax import tree_util
 
 from adafactor_jax._src import tree as tree_lib
+from adafactor_jax._src import validation
 
 Kernel = Callable[[list["Deferred"], Any, Any, "Context"], Any]
 
@@ -481,6 +482,12 @@ class Context:
   def __init__(self, updates: Any, extra_args: dict):
     flat, self.treedef = tree_util.tree_flatten_with_path(updates)
     self.paths = [tree_lib.path_str(p) for p, _ in flat]
+    for path, (_, x) in zip(self.paths, flat):
+      dtype = jnp.result_type(x)
+      if not jnp.issubdtype(dtype, jnp.inexact):
+        raise ValueError(
+            f"the update {path!r} has dtype {dtype}: gradients must be floating (or complex); "
+            "leave integer leaves out of the optimizer (optax.masked, optax.multi_transform).")
     self.extra_args = extra_args
     self.link = Link()
     self._shared: Optional[Seed] = None
@@ -575,6 +582,8 @@ def chain(*transforms: optax.GradientTransformation) -> optax.GradientTransforma
     ``adafactor_jax._src.fused``: with donated params and state, the jitted step of BERT-base
     needs 2 MB of temporaries (``optax.adafactor``: 532 MB).
   """
+  for i, t in enumerate(transforms):
+    validation.check_transformation(f"chain: transforms[{i}]", t)
   base = optax.chain(*transforms)
   kernels = [getattr(t.update, "fused", None) for t in transforms]
   transforms = tuple(optax.with_extra_args_support(t) for t in transforms)

@@ -176,7 +176,7 @@ def clip_by_leaf_norm(max_norm: ArrayLike) -> optax.GradientTransformationExtraA
     computed in at least float32. A zero gradient stays zero. Unlike ``optax.clip_by_block_rms``
     this is a norm, not an RMS.
   """
-  validation.check_number("clipnorm", max_norm, low=0.0, low_inclusive=False)
+  validation.check_number("max_norm", max_norm, low=0.0, low_inclusive=False)
 
   def kernel(leaves, state, params, ctx):
     del params
@@ -219,7 +219,7 @@ def clip_by_value(max_value: ArrayLike) -> optax.GradientTransformationExtraArgs
   References:
     Keras ``Optimizer(clipvalue=...)``; ``optax.clip`` does the same.
   """
-  validation.check_number("clipvalue", max_value, low=0.0, low_inclusive=False)
+  validation.check_number("max_value", max_value, low=0.0, low_inclusive=False)
 
   def kernel(leaves, state, params, ctx):
     del params, ctx
@@ -260,7 +260,7 @@ def clip_by_global_norm(max_norm: ArrayLike) -> optax.GradientTransformationExtr
     As Keras (and unlike ``optax.clip_by_global_norm``), a non-finite global norm turns every
     gradient into NaN instead of passing infinities through, so the problem is visible.
   """
-  validation.check_number("global_clipnorm", max_norm, low=0.0, low_inclusive=False)
+  validation.check_number("max_norm", max_norm, low=0.0, low_inclusive=False)
 
   def kernel(leaves, state, params, ctx):
     del params
@@ -362,6 +362,7 @@ def with_decoupled_weight_decay(
     optimizer computes, and it happens before the update, so the update sees the decayed weights.
     ``optax.add_decayed_weights`` instead adds :math:`\lambda p` to the update, after it.
   """
+  validation.check_transformation("inner", inner)
   validation.check_scalar_or_schedule("weight_decay", weight_decay, low=0.0)
   validation.check_scalar_or_schedule("learning_rate", learning_rate, low=0.0)
   inner_kernel = getattr(inner.update, "fused", None)
@@ -490,7 +491,10 @@ def accumulate_gradients(
     other calls `inner` is not evaluated (``lax.cond``), whereas Keras's JAX backend computes the
     full update and discards it.
   """
+  validation.check_transformation("inner", inner)
   validation.check_int("gradient_accumulation_steps", gradient_accumulation_steps, low=2)
+  accumulator_dtype = validation.check_dtype("accumulator_dtype", accumulator_dtype,
+                                             complex_ok=True)
   inner_kernel = getattr(inner.update, "fused", None)
   inner = optax.with_extra_args_support(inner)
   k = int(gradient_accumulation_steps)
@@ -610,11 +614,12 @@ def ema_params(
     overwrite test uses the update count. The average starts at zero, as in Keras, but
     `finalize_variable_values` before any step returns the params unchanged (Keras: zeros).
   """
-  validation.check_number("ema_momentum", momentum, low=0.0, high=1.0)
+  validation.check_number("momentum", momentum, low=0.0, high=1.0)
   if overwrite_frequency is not None:
-    validation.check_int("ema_overwrite_frequency", overwrite_frequency, low=1)
+    validation.check_int("overwrite_frequency", overwrite_frequency, low=1)
   if gradient_accumulation_steps is not None:
     validation.check_int("gradient_accumulation_steps", gradient_accumulation_steps, low=2)
+  dtype = validation.check_dtype("dtype", dtype, complex_ok=True)
   k = 1 if gradient_accumulation_steps is None else int(gradient_accumulation_steps)
   name = "ema_params"
 

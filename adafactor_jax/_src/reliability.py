@@ -9,6 +9,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from adafactor_jax._src import validation
+
 
 class SkipNonFiniteState(NamedTuple):
   """State of `skip_nonfinite`."""
@@ -53,6 +55,7 @@ def skip_nonfinite(inner: optax.GradientTransformation) -> optax.GradientTransfo
     t5x's ``skip_nan_updates`` replaces NaN element by element (a step can be half applied) and
     lets Inf through; optax's ``apply_if_finite`` skips whole steps too but counts differently.
   """
+  validation.check_transformation("inner", inner)
   inner = optax.with_extra_args_support(inner)
 
   def init_fn(params):

@@ -11,6 +11,7 @@ import math
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -82,3 +83,54 @@ def check_int(name: str, value: Any, *, low: int) -> None:
 def check_choice(name: str, value: Any, choices: tuple[Any, ...]) -> None:
   if value not in choices:
     raise ValueError(f"{name}={value!r} is not one of {choices!r}.")
+
+
+def check_bool(name: str, value: Any) -> None:
+  """Raises `ValueError` unless `value` is a concrete bool (a switch that decides the program)."""
+  if isinstance(value, jax.core.Tracer):
+    raise ValueError(
+        f"{name} decides which blocks the optimizer has and must be a concrete bool, got a "
+        f"traced value; with optax.inject_hyperparams pass a Python bool or "
+        f"static_args=({name!r},).")
+  if not isinstance(value, (bool, np.bool_)):
+    raise ValueError(f"{name} must be a bool, got {value!r}.")
+
+
+def as_dtype(dtype: Any) -> np.dtype | None:
+  """`dtype` as a NumPy dtype (None stays None).
+
+  ``optax.inject_hyperparams`` treats every callable argument as a schedule, so a dtype default
+  such as ``jnp.float32`` reaches the factory as ``jnp.float32(count)``, an array of that
+  dtype: its dtype is the one meant.
+  """
+  if dtype is None:
+    return None
+  if hasattr(dtype, "dtype") and not isinstance(dtype, (np.dtype, type)):
+    return jnp.dtype(dtype.dtype)
+  return jnp.dtype(dtype)
+
+
+def check_dtype(name: str, value: Any, *, complex_ok: bool = False) -> np.dtype | None:
+  """`value` as a NumPy dtype (`as_dtype`; None stays None); raises `ValueError` unless it names
+  a floating dtype (or, with `complex_ok`, a complex one: an accumulator of complex updates)."""
+  if value is None:
+    return None
+  try:
+    dtype = as_dtype(value)
+  except (TypeError, ValueError):
+    dtype = None
+  ok = dtype is not None and (jnp.issubdtype(dtype, jnp.floating) or
+                              (complex_ok and jnp.issubdtype(dtype, jnp.complexfloating)))
+  if not ok:
+    kind = "floating or complex" if complex_ok else "floating"
+    shown = value if dtype is None else dtype
+    raise ValueError(f"{name}={shown!r} is not a {kind} dtype: pass one such as jnp.float32, "
+                     f"or None.")
+  return dtype
+
+
+def check_transformation(name: str, value: Any) -> None:
+  """Raises `ValueError` unless `value` looks like an optax `GradientTransformation`."""
+  if not (callable(getattr(value, "init", None)) and callable(getattr(value, "update", None))):
+    raise ValueError(f"{name} must be an optax GradientTransformation (with init and update), "
+                     f"got {value!r}.")

@@ -105,6 +105,9 @@ def hf_adafactor(
   if not isinstance(eps, (tuple, list)) or len(eps) != 2:
     raise ValueError(f"eps must be a pair (eps1, eps2), got {eps!r}.")
   eps1, eps2 = eps
+  for name, value in (("scale_parameter", scale_parameter), ("relative_step", relative_step),
+                      ("warmup_init", warmup_init)):
+    validation.check_bool(name, value)
   if lr is not None and relative_step:
     raise ValueError("Cannot combine manual `lr` and `relative_step=True` options (as "
                      "transformers): pass relative_step=False to use lr.")

@@ -31,7 +31,6 @@ from adafactor_jax._src import keras_features as kf
 from adafactor_jax._src import validation
 from adafactor_jax._src.adadelta import scale_by_adadelta
 from adafactor_jax._src.config import preset
-from adafactor_jax._src.factored import as_dtype
 from adafactor_jax._src.factored import scale_by_factored_rms
 
 ExcludeFromWeightDecay = Union[None, str, Sequence[str], Any]
@@ -77,8 +76,7 @@ def _check_base_args(learning_rate, weight_decay, clipnorm, clipvalue, global_cl
         f"(clipnorm={clipnorm!r}, clipvalue={clipvalue!r}, global_clipnorm={global_clipnorm!r}).")
   for k in given:
     validation.check_number(k, clips[k], low=0.0, low_inclusive=False)
-  if not isinstance(use_ema, (bool, np.bool_)):
-    raise ValueError(f"use_ema must be a bool, got {use_ema!r}.")
+  validation.check_bool("use_ema", use_ema)
   validation.check_number("ema_momentum", ema_momentum, low=0.0, high=1.0)
   if ema_overwrite_frequency is not None:
     validation.check_int("ema_overwrite_frequency", ema_overwrite_frequency, low=1)
@@ -94,7 +92,7 @@ def _keras_base(core, *, learning_rate, weight_decay, clipnorm, clipvalue, globa
                 gradient_accumulation_steps, exclude_from_weight_decay, stats_dtype):
   """Wraps an optimizer core (which ends in the sign flip) in Keras's base-optimizer features."""
   k = gradient_accumulation_steps
-  stats_dtype = as_dtype(stats_dtype)  # (inject_hyperparams passes a dtype default as an array)
+  stats_dtype = validation.as_dtype(stats_dtype)  # (checked by the preset)
   inner: list[Any] = []
   if clipnorm is not None:
     inner.append(kf.clip_by_leaf_norm(clipnorm))
@@ -250,11 +248,10 @@ def keras_adafactor(
   validation.check_number("epsilon_1", epsilon_1, low=0.0)
   validation.check_number("epsilon_2", epsilon_2, low=0.0)
   validation.check_number("clip_threshold", clip_threshold, low=0.0, low_inclusive=False)
-  if not isinstance(relative_step, (bool, np.bool_)):
-    raise ValueError(f"relative_step must be a bool, got {relative_step!r}.")
+  validation.check_bool("relative_step", relative_step)
   del relative_step  # Keras ignores it too (always min(lr, 1/sqrt(t))).
   lr = _per_update(learning_rate, gradient_accumulation_steps)
-  stats_dtype = as_dtype(stats_dtype)
+  stats_dtype = validation.check_dtype("stats_dtype", stats_dtype)
   core = fused.chain(
       scale_by_factored_rms(factored=True, decay_rate=-beta_2_decay, min_dim_size_to_factor=0,
                             epsilon=epsilon_1, factor_rule="last", stats_dtype=stats_dtype),
@@ -360,7 +357,7 @@ def keras_adadelta(
   validation.check_number("rho", rho, low=0.0, high=1.0)
   validation.check_number("epsilon", epsilon, low=0.0)
   lr = _per_update(learning_rate, gradient_accumulation_steps)
-  stats_dtype = as_dtype(stats_dtype)
+  stats_dtype = validation.check_dtype("stats_dtype", stats_dtype)
   core = fused.chain(scale_by_adadelta(rho, epsilon, stats_dtype=stats_dtype),
                      blocks.scale_by_learning_rate(lr))
   return _keras_base(

@@ -150,6 +150,8 @@ def adafactor(
   if weight_decay_rate is not None:
     validation.check_scalar_or_schedule("weight_decay_rate", weight_decay_rate, low=0.0)
   validation.check_number("eps", eps, low=0.0)
+  validation.check_bool("factored", factored)
+  validation.check_dtype("dtype_momentum", dtype_momentum, complex_ok=True)
   if max_parameter_scale is not None:
     validation.check_number("max_parameter_scale", max_parameter_scale, low=0.0,
                             low_inclusive=False)
@@ -170,7 +172,7 @@ def adafactor(
                        "(weight_decay_rate or 1) * learning_rate ** exponent), got None.")
     weight_decay_rate = _lr_coupled_decay(weight_decay_rate, learning_rate,
                                           weight_decay_rate_lr_exponent)
-  rules = factoring.as_rules(factor_rule, factored=bool(factored),
+  rules = factoring.as_rules(factor_rule, factored=factored,
                              min_dim_size_to_factor=min_dim_size_to_factor)
   block_rule = rules if rules.patterns else None
   tx: list[Any] = []

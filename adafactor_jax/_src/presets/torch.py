@@ -107,8 +107,7 @@ def torch_adafactor(
   validation.check_number("eps[1]", eps2, low=0.0)
   validation.check_number("d", d, low=1.0)
   validation.check_number("weight_decay", weight_decay, low=0.0)
-  if not isinstance(maximize, bool):
-    raise ValueError(f"maximize must be a bool, got {maximize!r}.")
+  validation.check_bool("maximize", maximize)
 
   tx: list[Any] = []
   if maximize:
