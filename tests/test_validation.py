@@ -77,6 +77,9 @@ BAD_CONSTRUCTION = [
     (af.clip_by_leaf_norm, dict(max_norm=0.0), "max_norm"),
     (af.clip_by_global_norm, dict(max_norm=-1.0), "max_norm"),
     (af.clip_by_value, dict(max_value=0.0), "max_value"),
+    (af.adafactor, dict(factor_rule=3), "factor_rule"),
+    (af.mask_by_path, dict(exclude=3), "exclude"),
+    (af.adafactor, dict(skip_nonfinite="yes"), "skip_nonfinite"),
     # wrapped transformations
     (af.skip_nonfinite, dict(inner=3), "inner"),
     (af.with_decoupled_weight_decay, dict(inner="adafactor", weight_decay=0.1), "inner"),
@@ -155,6 +158,42 @@ def test_injected_switch_needs_a_python_bool():
     return factored
   with pytest.raises(ValueError, match="factored .* concrete bool.*static_args"):
     jax.jit(build)(True)
+
+
+@pytest.mark.parametrize("factory", [
+    lambda: af.adafactor(0.1),
+    lambda: af.adafactor(0.1, weight_decay_rate=0.1, multiply_by_parameter_scale=False),
+    lambda: af.keras_adafactor(0.1, weight_decay=0.1),
+    lambda: af.keras_adafactor(0.1, use_ema=True)],
+    ids=["param_scale", "weight_decay", "keras_weight_decay", "keras_ema"])
+def test_params_of_another_shape_name_the_leaf(factory):
+  """Params whose leaf has another shape than its update (the update would broadcast or fail
+  deep in XLA)."""
+  tx = factory()
+  params = {"w": jnp.ones((3, 4)), "b": jnp.ones(4)}
+  with pytest.raises(ValueError, match=r"'w' has shape \(3, 4\) in the updates but \(3, 5\) in "
+                                       r"the params"):
+    tx.update(params, tx.init(params), {"w": jnp.ones((3, 5)), "b": jnp.ones(4)})
+
+
+@pytest.mark.parametrize("other", ["optax.adam", "keras_adafactor"])
+def test_state_of_another_optimizer_names_the_first_differing_path(other):
+  import optax
+  params = {"w": jnp.ones((3, 4))}
+  state = (optax.adam(0.1) if other == "optax.adam" else af.keras_adafactor(0.1)).init(params)
+  with pytest.raises(ValueError, match=r"state passed does not match the state init makes.*"
+                                       r"first differing key path: '0/"):
+    af.adafactor(0.1).update(params, state, params)
+
+
+def test_scale_loss_and_from_config_bad_input():
+  with pytest.raises(ValueError, match="opt_state_or_factor must be a number or an optimizer "
+                                       "state, got 'x'"):
+    af.scale_loss(1.0, "x")
+  with pytest.raises(ValueError, match=r"opt_state_or_factor=0\.0 is out of range"):
+    af.scale_loss(1.0, 0.0)
+  with pytest.raises(ValueError, match=r"from_config: adafactor has no argument\(s\) \['bogus'\]"):
+    af.from_config({"name": "adafactor", "config": {"learning_rate": 0.1, "bogus": 1}})
 
 
 def test_factor_rule_rank_mismatch_names_the_leaf():

@@ -68,7 +68,7 @@ def scale_by_adadelta(
 
   def kernel(leaves, state, params, ctx):
     del params
-    treedef = tree_lib.check_same_tree(name, state.e_g, ctx.like(leaves))
+    treedef = tree_lib.check_same_tree(name, state.e_g, ctx.like(leaves), same_shapes=True)
     e_gs, e_xs = [], []
     for d, e_g, e_x in zip(leaves, treedef.flatten_up_to(state.e_g),
                            treedef.flatten_up_to(state.e_x)):

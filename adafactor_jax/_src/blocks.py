@@ -198,7 +198,8 @@ def scale_by_param_block_rms(
 
   def kernel(leaves, state, params, ctx):
     tree_lib.require_params(name, params, "the update is scaled by the RMS of each parameter")
-    treedef = tree_lib.check_same_tree(name, params, ctx.like(leaves), expected_name="the params")
+    treedef = tree_lib.check_same_tree(name, params, ctx.like(leaves), expected_name="the params",
+                                       same_shapes=True)
     for d, p, plan, m in zip(leaves, treedef.flatten_up_to(params), _plans(rules, leaves, ctx),
                              resolve_mask(mask, params, treedef, name)):
       if isinstance(m, (bool, np.bool_)) and not m:
@@ -385,7 +386,8 @@ def scale_by_momentum(
 
   def kernel(leaves, state, params, ctx):
     del params
-    treedef = tree_lib.check_same_tree("scale_by_momentum", state.mu, ctx.like(leaves))
+    treedef = tree_lib.check_same_tree("scale_by_momentum", state.mu, ctx.like(leaves),
+                                       same_shapes=True)
     new = []
     for d, m in zip(leaves, treedef.flatten_up_to(state.mu)):
       d.flush()  # the average of exactly the updates of the blocks one by one
@@ -470,7 +472,8 @@ def add_decayed_weights(
 
   def kernel(leaves, state, params, ctx):
     tree_lib.require_params(name, params, "weight decay adds a multiple of the params")
-    treedef = tree_lib.check_same_tree(name, params, ctx.like(leaves), expected_name="the params")
+    treedef = tree_lib.check_same_tree(name, params, ctx.like(leaves), expected_name="the params",
+                                       same_shapes=True)
     wd = weight_decay(state.count) if scheduled else weight_decay
     for d, p, m in zip(leaves, treedef.flatten_up_to(params),
                        resolve_mask(mask, params, treedef, name)):
@@ -530,6 +533,9 @@ def mask_by_path(
       return None
     if isinstance(patterns, str):
       patterns = [patterns]
+    if not isinstance(patterns, (list, tuple)):
+      raise ValueError(f"mask_by_path: {arg} must be a regular-expression string or a list of "
+                       f"them, got {patterns!r}.")
     out = []
     for pat in patterns:
       if not isinstance(pat, str):
@@ -550,8 +556,8 @@ def mask_by_path(
     return tree_util.tree_map_with_path(leaf, params)
 
   # Recorded so that get_config can serialise this mask.
-  mask_fn._mask_by_path = (include if include is None or isinstance(include, str) else list(include),
-                           exclude if exclude is None or isinstance(exclude, str) else list(exclude))
+  as_given = lambda x: x if x is None or isinstance(x, str) else list(x)
+  mask_fn._mask_by_path = (as_given(include), as_given(exclude))
   return mask_fn
 
 

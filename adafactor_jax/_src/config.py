@@ -16,6 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from adafactor_jax._src import validation
+
 _REGISTRY: dict[str, Callable[..., Any]] = {}
 _DTYPE_TAG = "__dtype__"
 _TUPLE_TAG = "__tuple__"
@@ -50,8 +52,7 @@ def preset(fn: Callable[..., optax.GradientTransformationExtraArgs]):
     bound = full_sig.bind(*args, **kwargs)
     bound.apply_defaults()
     skip = bound.arguments["skip_nonfinite"]
-    if not isinstance(skip, (bool, np.bool_)):
-      raise ValueError(f"skip_nonfinite must be True or False, got {skip!r}.")
+    validation.check_bool("skip_nonfinite", skip)
     kwargs.pop("skip_nonfinite", None)
     tx = fn(*args, **kwargs)
     if skip:
@@ -179,4 +180,8 @@ def from_config(config: dict) -> ConfiguredTransformation:
   if name not in _REGISTRY:
     raise ValueError(f"from_config: unknown optimizer {name!r}; known: {sorted(_REGISTRY)}.")
   args = _decode(config.get("config", {}))
+  known = inspect.signature(_REGISTRY[name]).parameters
+  unknown = sorted(set(args) - set(known))
+  if unknown:
+    raise ValueError(f"from_config: {name} has no argument(s) {unknown}; known: {list(known)}.")
   return _REGISTRY[name](**args)

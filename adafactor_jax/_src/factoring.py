@@ -107,6 +107,10 @@ class FactorRules:
             "key-path regular expressions to per-dim labels (row/col/batch/none).")
       self.default, self.patterns = word, ()
       return
+    if not isinstance(rule, (Mapping, list, tuple)):
+      raise ValueError(
+          f"factor_rule={rule!r} is not a rule: use 'largest', 'last', or a mapping from "
+          "key-path regular expressions to per-dim labels (row/col/batch/none).")
     items = list(rule.items()) if isinstance(rule, Mapping) else list(rule)
     patterns = []
     for item in items:

@@ -515,18 +515,34 @@ def transformation(init_fn: Callable[[Any], Any],
   """A building block from its kernel: used alone it computes its updates at once."""
 
   def update_fn(updates, state, params=None, **extra_args):
-    return _run(kernel, updates, state, params, extra_args)
+    return _run(kernel, init_fn, updates, state, params, extra_args)
 
   update_fn.fused = kernel
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def _run(kernel: Kernel, updates: Any, state: Any, params: Any, extra_args: dict) -> tuple:
+def _run(kernel: Kernel, init_fn: Callable[[Any], Any], updates: Any, state: Any, params: Any,
+         extra_args: dict) -> tuple:
   """A kernel's update on concrete updates: deferred leaves in, computed updates out."""
   ctx = Context(updates, extra_args)
   leaves = [Deferred(x) for x in ctx.treedef.flatten_up_to(updates)]
-  new_state = kernel(leaves, state, params, ctx)
+  try:
+    new_state = kernel(leaves, state, params, ctx)
+  except (AttributeError, TypeError, IndexError, KeyError):
+    _check_state(init_fn, updates, state)  # a clearer error when the state is not this one's
+    raise
   return ctx.finish(leaves), new_state
+
+
+def _check_state(init_fn: Callable[[Any], Any], updates: Any, state: Any) -> None:
+  """Raises `ValueError` naming the first differing key path when `state` is not shaped like the
+  state `init_fn` makes for params like `updates` (a state of another optimizer)."""
+  try:
+    expected = jax.eval_shape(init_fn, updates)
+  except Exception:  # noqa: BLE001 - no better diagnosis; the caller re-raises its own error
+    return
+  tree_lib.check_same_tree("update", expected, state, expected_name="the state init makes",
+                           got_name="the state passed")
 
 
 def run_inner(transform: optax.GradientTransformationExtraArgs, kernel: Optional[Kernel],
@@ -595,7 +611,7 @@ def chain(*transforms: optax.GradientTransformation) -> optax.GradientTransforma
   def update_fn(updates, state, params=None, **extra_args):
     if not _ENABLED[-1]:
       return base.update(updates, state, params, **extra_args)
-    return _run(kernel, updates, state, params, extra_args)
+    return _run(kernel, base.init, updates, state, params, extra_args)
 
   update_fn.fused = kernel
   return optax.GradientTransformationExtraArgs(base.init, update_fn)

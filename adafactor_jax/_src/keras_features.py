@@ -137,7 +137,12 @@ def scale_loss(loss: ArrayLike, opt_state_or_factor: Any) -> jax.Array:
   References:
     Keras ``Optimizer.scale_loss``.
   """
+  if isinstance(opt_state_or_factor, (str, bool, np.bool_)):
+    raise ValueError(f"scale_loss: opt_state_or_factor must be a number or an optimizer state, "
+                     f"got {opt_state_or_factor!r}.")
   if isinstance(opt_state_or_factor, (int, float, np.number, np.ndarray, jax.Array)):
+    validation.check_number("opt_state_or_factor", opt_state_or_factor, low=0.0,
+                            low_inclusive=False)
     return loss * opt_state_or_factor
   states = _find_states(opt_state_or_factor, StaticLossScaleState)
   if not states:
@@ -377,7 +382,7 @@ def with_decoupled_weight_decay(
   def kernel(leaves, state, params, ctx):
     tree_lib.require_params(name, params, "the weights are decayed before the update")
     treedef = tree_lib.check_same_tree(name, params, ctx.like(leaves),
-                                       expected_name="the params")
+                                       expected_name="the params", same_shapes=True)
     wd = weight_decay(state.count) if callable(weight_decay) else weight_decay
     lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
     p_leaves = treedef.flatten_up_to(params)
@@ -506,7 +511,7 @@ def accumulate_gradients(
                                     inner_state=inner.init(params))
 
   def update_fn(updates, state, params=None, **extra_args):
-    tree_lib.check_same_tree(name, state.acc, updates)
+    tree_lib.check_same_tree(name, state.acc, updates, same_shapes=True)
     is_update = (state.count + 1) % k == 0
 
     def apply(operands):
@@ -630,7 +635,7 @@ def ema_params(
   def kernel(leaves, state, params, ctx):
     tree_lib.require_params(name, params, "the weights are averaged")
     treedef = tree_lib.check_same_tree(name, params, ctx.like(leaves),
-                                       expected_name="the params")
+                                       expected_name="the params", same_shapes=True)
     j = state.count // k
     mu = (j != 0).astype(jnp.float32) * momentum
     overwrite = None if overwrite_frequency is None else (j + 1) % overwrite_frequency == 0
@@ -693,7 +698,8 @@ def finalize_variable_values(params: optax.Params, opt_state: Any) -> optax.Para
     return params
   ema, started = states[0].ema, states[0].count > 0
   treedef = tree_lib.check_same_tree("finalize_variable_values", params, ema,
-                                     expected_name="the params", got_name="the EMA")
+                                     expected_name="the params", got_name="the EMA",
+                                     same_shapes=True)
   return treedef.unflatten([
       jnp.where(started, a.astype(jnp.asarray(p).dtype), p)
       for a, p in zip(jax.tree.leaves(ema), treedef.flatten_up_to(params))])

@@ -6,6 +6,7 @@ from typing import Any
 from typing import Sequence
 
 import jax
+import numpy as np
 from jax import tree_util
 
 
@@ -59,14 +60,22 @@ def check_same_tree(
     expected_name: str = "the optimizer state",
     got_name: str = "the updates",
     expected_is_leaf: Any = None,
+    same_shapes: bool = False,
 ) -> jax.tree_util.PyTreeDef:
-  """Raises `ValueError` naming the first differing key path unless the trees match.
+  """Raises `ValueError` naming the first differing key path unless the trees match (and, with
+  `same_shapes`, the first leaf whose shape differs).
 
   Returns the tree structure of `got` (its leaves are the positions to zip over).
   """
   got_def = jax.tree.structure(got)
   exp_def = jax.tree.structure(expected, is_leaf=expected_is_leaf)
   if got_def == exp_def:
+    if same_shapes:
+      for (path, a), b in zip(tree_util.tree_flatten_with_path(got)[0], jax.tree.leaves(expected)):
+        if np.shape(a) != np.shape(b):
+          raise ValueError(
+              f"{transform}: the leaf {path_str(path)!r} has shape {np.shape(a)} in {got_name} "
+              f"but {np.shape(b)} in {expected_name}.")
     return got_def
   got_paths = leaf_paths(got)
   exp_paths = leaf_paths(expected, is_leaf=expected_is_leaf)
@@ -83,7 +92,7 @@ def check_same_tree(
     a, b = first
     a = "<nothing>" if a is None else repr(a)
     b = "<nothing>" if b is None else repr(b)
-    detail = f"first differing key path: {got_name} have {a} where {expected_name} has {b}"
+    detail = f"first differing key path: {a} in {got_name} against {b} in {expected_name}"
   raise ValueError(
       f"{transform}: the tree of {got_name} does not match {expected_name} "
       f"({len(got_paths)} vs {len(exp_paths)} leaves); {detail}.")
