@@ -82,6 +82,7 @@ BAD_CONSTRUCTION = [
     (af.adafactor, dict(skip_nonfinite="yes"), "skip_nonfinite"),
     # wrapped transformations
     (af.skip_nonfinite, dict(inner=3), "inner"),
+    (af.state_shardings, dict(tx=3, params={"w": jnp.ones(2)}), "tx"),
     (af.with_decoupled_weight_decay, dict(inner="adafactor", weight_decay=0.1), "inner"),
     (af.accumulate_gradients, dict(inner=None, gradient_accumulation_steps=2), "inner"),
     (af.accumulate_gradients, dict(inner=af.adafactor(0.1), gradient_accumulation_steps=2,

@@ -24,6 +24,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec
 
 from adafactor_jax._src import tree as tree_lib
+from adafactor_jax._src import validation
 from adafactor_jax._src.factored import ScaleByFactoredRMSState
 from adafactor_jax._src.factored import stats_tree
 
@@ -69,6 +70,7 @@ def state_shardings(tx: Any, params: Any) -> Any:
     (P('data',), P('model',), P())
     >>> state = jax.jit(tx.init, out_shardings=s)({"w": jnp.zeros((256, 512))})
   """
+  validation.check_transformation("state_shardings: tx", tx)
   by_path: dict[str, tuple[tuple[int, ...], NamedSharding]] = {}
   mesh = None
   for path, p in tree_util.tree_flatten_with_path(params)[0]:
