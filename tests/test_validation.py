@@ -83,6 +83,10 @@ BAD_CONSTRUCTION = [
     # wrapped transformations
     (af.skip_nonfinite, dict(inner=3), "inner"),
     (af.state_shardings, dict(tx=3, params={"w": jnp.ones(2)}), "tx"),
+    (af.adafactor, dict(weight_decay_mask={"w": "yes"}), "weight_decay_mask"),
+    (af.adadelta, dict(weight_decay=0.1, weight_decay_mask=3), "weight_decay_mask"),
+    (af.big_vision_adafactor, dict(learning_rate=0.1, weight_decay_mask=[1.5]),
+     "weight_decay_mask"),
     (af.with_decoupled_weight_decay, dict(inner="adafactor", weight_decay=0.1), "inner"),
     (af.accumulate_gradients, dict(inner=None, gradient_accumulation_steps=2), "inner"),
     (af.accumulate_gradients, dict(inner=af.adafactor(0.1), gradient_accumulation_steps=2,

@@ -416,6 +416,15 @@ def resolve_mask(mask: MaskOrFn, params: Any, treedef: Any, transform: str) -> l
   return treedef.flatten_up_to(m)
 
 
+def check_mask(name: str, mask: MaskOrFn) -> None:
+  """Raises `ValueError` unless `mask` is None, a callable or a pytree of bools (or arrays)."""
+  if mask is not None and not callable(mask):
+    bad = [x for x in jax.tree.leaves(mask) if not isinstance(x, (bool, np.bool_, jax.Array,
+                                                                  np.ndarray))]
+    if bad:
+      raise ValueError(f"{name} must be a pytree of bools or a callable, got a leaf {bad[0]!r}.")
+
+
 def add_decayed_weights(
     weight_decay: optax.ScalarOrSchedule = 0.0,
     mask: MaskOrFn = None,
@@ -458,11 +467,7 @@ def add_decayed_weights(
   validation.check_scalar_or_schedule("weight_decay", weight_decay, low=0.0)
   if param_scale_min is not None:
     validation.check_number("param_scale_min", param_scale_min, low=0.0)
-  if mask is not None and not callable(mask):
-    bad = [x for x in jax.tree.leaves(mask) if not isinstance(x, (bool, np.bool_, jax.Array,
-                                                                  np.ndarray))]
-    if bad:
-      raise ValueError(f"mask must be a pytree of bools or a callable, got a leaf {bad[0]!r}.")
+  check_mask("mask", mask)
   name = "add_decayed_weights"
   scheduled = callable(weight_decay)
 

@@ -118,6 +118,7 @@ def big_vision_adafactor(
   if not _is_off(momentum):
     validation.check_number("momentum", momentum, low=0.0, high=1.0, high_inclusive=False)
   validation.check_dtype("dtype_momentum", dtype_momentum, complex_ok=True)
+  blocks.check_mask("weight_decay_mask", weight_decay_mask)
   if weight_decay is not None:
     validation.check_scalar_or_schedule("weight_decay", weight_decay, low=0.0)
 

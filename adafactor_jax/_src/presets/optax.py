@@ -152,6 +152,7 @@ def adafactor(
   validation.check_number("eps", eps, low=0.0)
   validation.check_bool("factored", factored)
   validation.check_dtype("dtype_momentum", dtype_momentum, complex_ok=True)
+  blocks.check_mask("weight_decay_mask", weight_decay_mask)
   if max_parameter_scale is not None:
     validation.check_number("max_parameter_scale", max_parameter_scale, low=0.0,
                             low_inclusive=False)
@@ -276,6 +277,7 @@ def adadelta(
   if learning_rate is not None:
     validation.check_scalar_or_schedule("learning_rate", learning_rate, low=0.0)
   validation.check_number("weight_decay", weight_decay, low=0.0)
+  blocks.check_mask("weight_decay_mask", weight_decay_mask)
   tx: list[Any] = []
   if weight_decay_mask is not None or not (
       isinstance(weight_decay, (int, float)) and weight_decay == 0):
