@@ -129,6 +129,41 @@ def test_finite_in_finite_out(name, dtype):
         assert not bad, f"{kind} zero_params={zero_params}: non-finite {bad}"
 
 
+# Each preset with its epsilon at 0, or at a value that underflows to 0 in a float16 statistic:
+# a leaf of zero gradients then has all-zero statistics. The references divide 0 by 0 there
+# (optax, Keras, PyTorch and transformers: the factored estimate's row mean; Keras and optax's
+# Adadelta: E[g**2] + eps).
+EPSILON_ZERO = {
+    "adafactor": lambda: af.adafactor(0.01, eps=0.0, min_dim_size_to_factor=8),
+    "adafactor_param_dtype_stats": lambda: af.adafactor(0.01, min_dim_size_to_factor=8,
+                                                        stats_dtype=None),
+    "keras_adafactor": lambda: af.keras_adafactor(0.01, epsilon_1=0.0),
+    "torch_adafactor": lambda: af.torch_adafactor(0.01, eps=(0.0, 1e-3)),
+    "hf_adafactor": lambda: af.hf_adafactor(eps=(0.0, 1e-3)),
+    "big_vision_adafactor": lambda: af.big_vision_adafactor(0.01, eps=0.0,
+                                                            min_dim_size_to_factor=8),
+    "adadelta": lambda: af.adadelta(1.0, eps=0.0),
+    "adadelta_param_dtype_stats": lambda: af.adadelta(1.0, eps=1e-10, stats_dtype=None),
+    "keras_adadelta": lambda: af.keras_adadelta(1.0, epsilon=0.0),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EPSILON_ZERO))
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
+def test_zero_epsilon_and_zero_gradients_stay_finite(name, dtype):
+  tx = EPSILON_ZERO[name]()
+  params = edge_params(dtype)
+  update = jax.jit(tx.update)
+  for kind in ("zero", "1e-30", "subnormal"):
+    state = tx.init(params)
+    for _ in range(3):
+      updates, state = update(jax.tree.map(EDGE_GRADS[kind], params), state, params)
+      bad = [jax.tree_util.keystr(p) for p, x in
+             jax.tree_util.tree_flatten_with_path((updates, state))[0]
+             if jnp.issubdtype(x.dtype, jnp.inexact) and not bool(jnp.all(jnp.isfinite(x)))]
+      assert not bad, f"{kind}: non-finite {bad}"
+
+
 def test_bf16_long_run_second_moment_tracks_float64():
   # 20,000 steps with bf16 params: the f32 second moment stays within 1% of a float64
   # reference computed on the same gradients.

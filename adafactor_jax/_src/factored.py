@@ -109,10 +109,12 @@ def factored_second_moment(
   new_col = (beta2 * v_col + (1.0 - beta2) * col_mean_sq).astype(dtype)
   row_mean = jnp.mean(new_row, axis=plan.row_dims_in_row_stat(), keepdims=True)
   # Floors at the smallest normal number: an underflowing ratio or a zero statistic (eps=0 and
-  # zero gradients) would give inf, and 0 * inf = NaN. Ordinary values are not changed.
+  # zero gradients) would give inf, and 0 * inf = NaN; a leaf whose row statistics are all zero
+  # would divide 0 by 0 (optax, Keras, PyTorch and transformers give NaN there). Ordinary values
+  # are not changed.
   tiny = jnp.asarray(jnp.finfo(dtype).tiny, dtype)
   if floor is None:
-    row_factor = jnp.maximum(new_row / row_mean, tiny) ** -0.5
+    row_factor = jnp.maximum(new_row / jnp.maximum(row_mean, tiny), tiny) ** -0.5
     col_factor = jnp.maximum(new_col, tiny) ** -0.5
     return new_row, new_col, _times_factors, (jnp.expand_dims(row_factor, plan.col_dims),
                                               jnp.expand_dims(col_factor, plan.row_dims))
@@ -123,7 +125,8 @@ def factored_second_moment(
   # infinite rsqrt, which the cap takes down to rsqrt(floor**2) as the clamped estimate does (and
   # to that of the smallest normal number when floor**2 underflows).
   col_over_mean = (jnp.expand_dims(new_col, plan.row_dims)
-                   / jnp.expand_dims(jnp.maximum(row_mean, floor), plan.col_dims))
+                   / jnp.expand_dims(jnp.maximum(row_mean, jnp.maximum(floor, tiny)),
+                                     plan.col_dims))
   return new_row, new_col, _times_capped_factors, (
       jnp.expand_dims(jax.lax.rsqrt(new_row), plan.col_dims), jax.lax.rsqrt(col_over_mean),
       jax.lax.rsqrt(jnp.maximum(floor * floor, tiny)))
