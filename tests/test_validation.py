@@ -148,6 +148,10 @@ def test_integer_gradient_names_the_leaf():
   params = {"enc": {"w": jnp.ones((3, 4)), "step": jnp.ones((), jnp.int32)}}
   with pytest.raises(ValueError, match=r"'enc/step' has dtype int32: gradients must be floating"):
     tx.update(params, tx.init(params), params)
+  import optax  # the way out the message names: leave the integer leaf out
+  masked = optax.masked(tx, {"enc": {"w": True, "step": False}})
+  updates, _ = masked.update(params, masked.init(params), params)
+  assert updates["enc"]["w"].dtype == jnp.float32 and float(updates["enc"]["w"][0, 0]) < 0
 
 
 def test_injected_switch_needs_a_python_bool():
