@@ -89,7 +89,7 @@ def check_bool(name: str, value: Any) -> None:
   """Raises `ValueError` unless `value` is a concrete bool (a switch that decides the program)."""
   if isinstance(value, jax.core.Tracer):
     raise ValueError(
-        f"{name} decides which blocks the optimizer has and must be a concrete bool, got a "
+        f"{name} is a switch of the optimizer's structure and must be a concrete bool, got a "
         f"traced value; with optax.inject_hyperparams pass a Python bool or "
         f"static_args=({name!r},).")
   if not isinstance(value, (bool, np.bool_)):
