@@ -76,7 +76,7 @@ def scale_by_adadelta(
       dtype, work = e_g.dtype, jnp.result_type(d.dtype, e_g.dtype)
       new_e_g = ((1.0 - rho) * abs_sq(d.value_apart("v"), dtype) + rho * e_g).astype(dtype)
 
-      def delta(g, e_x, new_e_g, eps, tiny, work=work):
+      def delta(g, e_x, new_e_g, eps, work=work, tiny=jnp.finfo(dtype).tiny):
         # The denominator floored at the smallest normal number: with eps=0 (or an eps that
         # underflows in a half-precision statistic) a zero gradient would give 0/0 = NaN, as in
         # Keras and optax. Wherever E[g**2] + eps is a normal number nothing changes.
@@ -84,8 +84,7 @@ def scale_by_adadelta(
 
       # The update is a formula (see `fused`): computed apart for the new E[delta**2], and
       # again in the final pass, never stored.
-      args = (e_x, new_e_g, fused.operand(eps, dtype, len(d.shape)),
-              fused.operand(jnp.finfo(dtype).tiny, dtype, len(d.shape)))
+      args = (e_x, new_e_g, fused.operand(eps, dtype, len(d.shape)))
       unrounded = d.derived(delta, *args, dtype=work)  # (before it is rounded to d.dtype)
       new_e_x = ((1.0 - rho) * abs_sq(unrounded.value_apart("delta"), dtype) + rho * e_x
                  ).astype(dtype)

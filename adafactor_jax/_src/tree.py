@@ -71,7 +71,8 @@ def check_same_tree(
   exp_def = jax.tree.structure(expected, is_leaf=expected_is_leaf)
   if got_def == exp_def:
     if same_shapes:
-      for (path, a), b in zip(tree_util.tree_flatten_with_path(got)[0], jax.tree.leaves(expected)):
+      for (path, a), b in zip(tree_util.tree_flatten_with_path(got)[0],
+                              jax.tree.leaves(expected, is_leaf=expected_is_leaf)):
         if np.shape(a) != np.shape(b):
           raise ValueError(
               f"{transform}: the leaf {path_str(path)!r} has shape {np.shape(a)} in {got_name} "
