@@ -109,11 +109,16 @@ def materialise(shapes, seed, dtype=jnp.float32):
       lambda s: jnp.asarray(rng.standard_normal(s.shape, np.float32) * 0.02, dtype), shapes)
 
 
-def timed(fn, *args):
+def timed(fn, *args, steps=1, carry=None):
+  """Seconds per call of `fn` over `steps` calls dispatched back to back (waiting only for the
+  last), and the last output; `carry(args, out)` gives the next call's args (donated buffers)."""
   t0 = time.perf_counter()
-  out = fn(*args)
+  for _ in range(steps):
+    out = fn(*args)
+    if carry is not None:
+      args = carry(args, out)
   jax.block_until_ready(out)
-  return time.perf_counter() - t0, out
+  return (time.perf_counter() - t0) / steps, out
 
 
 class JaxStep:
@@ -139,10 +144,10 @@ class JaxStep:
     self.compile_times.append(time.perf_counter() - t0)
     return compiled
 
-  def __call__(self):
-    p, s, g = self.args
-    dt, (p, s) = timed(self.compiled, p, s, g)
-    self.args = (p, s, g)
+  def __call__(self, steps=1):
+    dt, (p, s) = timed(self.compiled, *self.args, steps=steps,
+                       carry=lambda args, out: (*out, args[2]))
+    self.args = (p, s, self.args[2])
     return dt
 
 
@@ -185,11 +190,12 @@ class TorchStep:
     self.state_mb = sum(t.numel() * t.element_size() for st in self.opt.state.values()
                         for t in st.values() if isinstance(t, torch.Tensor)) / 1e6
 
-  def __call__(self):
+  def __call__(self, steps=1):
     t0 = time.perf_counter()
     with self.torch.no_grad():
-      self.opt.step()
-    return time.perf_counter() - t0
+      for _ in range(steps):
+        self.opt.step()
+    return (time.perf_counter() - t0) / steps
 
 
 def make_step(opt, params, grads):
@@ -201,7 +207,8 @@ def make_step(opt, params, grads):
   return optax_step((OPTIMIZERS | FEATURE_OPTIMIZERS)[opt](), params, grads)
 
 
-def bench_tree(name, shapes, names, reps, compile_reps=1, dtype="float32"):
+def bench_tree(name, shapes, names, reps, compile_reps=1, dtype="float32",
+               steps_per_rep=1):
   params = materialise(shapes, 0, DTYPES[dtype])
   grads = materialise(shapes, 1, DTYPES[dtype])
   if dtype != "float32":
@@ -228,9 +235,10 @@ def bench_tree(name, shapes, names, reps, compile_reps=1, dtype="float32"):
   bounds = []
   for _ in range(reps):  # interleaved rounds: every optimizer once per round
     for opt in names:
-      rows[opt]["times"].append(steps[opt]())
-    t1, _ = timed(sumsq, grads)
-    t2, bound_p = timed(axpy, bound_p, grads)
+      rows[opt]["times"].append(steps[opt](steps_per_rep))
+    t1, _ = timed(sumsq, grads, steps=steps_per_rep)
+    t2, bound_p = timed(axpy, bound_p, grads, steps=steps_per_rep,
+                        carry=lambda args, out: (out, args[1]))
     bounds.append(2 * t1 + t2)
   bound = statistics.median(bounds)
   for opt, r in rows.items():
@@ -321,7 +329,9 @@ def machine() -> str:
                     if line.startswith("model name")), model)
   except OSError:
     pass
-  return (f"{model}, {os.cpu_count()} CPUs, {jax.devices()[0].platform}, jax {jax.__version__}, "
+  device = jax.devices()[0]
+  kind = "" if device.platform == "cpu" else f" ({device.device_kind})"
+  return (f"{model}, {os.cpu_count()} CPUs, {device.platform}{kind}, jax {jax.__version__}, "
           f"optax {optax.__version__}")
 
 
@@ -339,12 +349,15 @@ def main(argv=None):
   ap.add_argument("--compile-reps", type=int, default=1,
                   help="compile each step this many times, interleaved, and report the median "
                        "(one compile swings by a quarter on a loaded machine)")
+  ap.add_argument("--steps-per-rep", type=int, default=1,
+                  help="steps dispatched back to back per timed sample, waiting only for the "
+                       "last (on an accelerator, where one step is shorter than its dispatch)")
   ap.add_argument("--dtype", default="float32", choices=list(DTYPES),
                   help="dtype of the params and gradients")
   ap.add_argument("--json", default="")
   ap.add_argument("--plot", default="", help="write a PNG of step time and memory")
   args = ap.parse_args(argv)
-  for name in ("reps", "compile_reps"):
+  for name in ("reps", "compile_reps", "steps_per_rep"):
     if getattr(args, name) < 1:
       ap.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
   where = f"{machine()}, {time.strftime('%Y-%m-%d')}"
@@ -353,7 +366,8 @@ def main(argv=None):
   for tree in args.trees:
     t0 = time.perf_counter()
     results.append(bench_tree(tree, TREES[tree](), args.optimizers, args.reps,
-                              args.compile_reps, args.dtype) | {"machine": where})
+                              args.compile_reps, args.dtype, args.steps_per_rep)
+                   | {"machine": where})
     print(f"{tree}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
   print(markdown(results))
   if args.json:
