@@ -232,6 +232,12 @@ def test_truncated_or_interrupted_write_never_loads(tmp_path):
     bad.write_bytes(data[:cut])
     with pytest.raises(ValueError, match="truncated or not an optimizer-state file"):
       af.load_state(bad, like=state)
+  # a corrupt compression method in the central directory (zipfile: NotImplementedError)
+  at = data.index(b"PK\x01\x02") + 10
+  bad = tmp_path / "method.npz"
+  bad.write_bytes(data[:at] + bytes([data[at] ^ 0x55]) + data[at + 1:])
+  with pytest.raises(ValueError, match="truncated or not an optimizer-state file"):
+    af.load_state(bad, like=state)
   # a writer killed mid-write leaves only a temporary file; the old checkpoint still loads
   code = (f"import os, sys; sys.path.insert(0, {str(HERE.parent)!r});"
           "import numpy as np; import adafactor_jax._src.persistence as m;"

@@ -59,3 +59,20 @@ def test_state_shardings_structure_and_specs_one_device():
   momentum = [x for x in jax.tree.leaves(sh[0]) if x.spec == P("data", "model")]
   assert len(momentum) == 1  # the adafactor momentum buffer of w
   assert sh[1].inner_state.mu["w"].spec == P("data", "model")
+
+
+def test_state_shardings_of_a_single_bare_param():
+  """Params that are one array (key path ''): its full-size buffers are sharded like it, not
+  replicated; the counters stay replicated."""
+  mesh = jax.make_mesh((1, 1), ("data", "model"))
+  w = jax.ShapeDtypeStruct((256, 512), jnp.float32,
+                           sharding=NamedSharding(mesh, P("data", "model")))
+  sh = af.state_shardings(af.adafactor(1e-2, momentum=0.9), w)
+  assert sh[0].v_row.spec == P("data") and sh[0].v_col.spec == P("model")
+  assert sh[0].count.spec == P()
+  assert sh[4].mu.spec == P("data", "model")
+  adadelta = af.state_shardings(af.adadelta(1.0), w)[0]
+  assert adadelta.e_g.spec == P("data", "model") and adadelta.e_x.spec == P("data", "model")
+  ema = af.state_shardings(af.keras_adafactor(1e-2, use_ema=True), w)
+  buffers = [x.spec for x in jax.tree.leaves(ema) if x.spec != P()]
+  assert P("data", "model") in buffers, buffers

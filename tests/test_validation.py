@@ -154,6 +154,28 @@ def test_integer_gradient_names_the_leaf():
   assert updates["enc"]["w"].dtype == jnp.float32 and float(updates["enc"]["w"][0, 0]) < 0
 
 
+def test_bfloat16_hyperparameters_are_numbers():
+  """optax.inject_hyperparams casts hyperparameters to the params' dtype: a bfloat16 scalar is
+  a number like a float16 one (np.issubdtype does not count ml_dtypes' bfloat16), and is still
+  range-checked."""
+  import optax
+  params = {"w": jnp.ones((4, 6), jnp.bfloat16)}
+  grads = {"w": jnp.linspace(-1, 1, 24, dtype=jnp.bfloat16).reshape(4, 6)}
+  for factory in (af.adafactor, af.adadelta, af.keras_adafactor):
+    tx = optax.inject_hyperparams(factory)(learning_rate=1e-2)
+    state = tx.init(params)
+    assert state.hyperparams["learning_rate"].dtype == jnp.bfloat16
+    injected, _ = tx.update(grads, state, params)
+    direct = factory(**state.hyperparams)  # the same (bfloat16) values, given directly
+    expected, _ = direct.update(grads, direct.init(params), params)
+    assert jnp.array_equal(injected["w"], expected["w"]), factory.__name__
+    assert float(jnp.abs(expected["w"]).max()) > 0
+  with pytest.raises(ValueError, match="learning_rate=.* out of range"):
+    af.adafactor(jnp.asarray(-1e-2, jnp.bfloat16))
+  with pytest.raises(ValueError, match="decay_rate=.* out of range"):
+    af.adafactor(1e-2, decay_rate=jnp.asarray(float("inf"), jnp.bfloat16))
+
+
 def test_injected_switch_needs_a_python_bool():
   import jax
   import optax

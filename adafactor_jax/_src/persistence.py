@@ -118,7 +118,8 @@ def load_state(path: str | os.PathLike, like: Any, *, tx: Any = None) -> Any:
   try:
     with np.load(path, allow_pickle=False) as data:
       files = {k: data[k] for k in data.files}
-  except (zipfile.BadZipFile, EOFError, ValueError, OSError, KeyError) as e:
+  # NotImplementedError: zipfile's answer to a corrupt compression-method or version field.
+  except (zipfile.BadZipFile, EOFError, ValueError, OSError, KeyError, NotImplementedError) as e:
     raise ValueError(f"load_state: {path!r} is truncated or not an optimizer-state file "
                      f"({type(e).__name__}: {e}).") from e
   if _META not in files:

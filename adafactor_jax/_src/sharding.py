@@ -122,11 +122,11 @@ def state_shardings(tx: Any, params: Any) -> Any:
       return None
     if isinstance(node, ScaleByFactoredRMSState):
       return factored(node)
-    if isinstance(node, jax.ShapeDtypeStruct):
-      return replicated
-    if like_params(node):
+    if like_params(node):  # before the leaf test: a single bare param has the key path ''
       return tree_util.tree_map_with_path(
           lambda p, x: by_path[tree_lib.path_str(p)][1], node)
+    if isinstance(node, jax.ShapeDtypeStruct):
+      return replicated
     children, treedef = tree_util.tree_flatten(node, is_leaf=lambda x: x is not node)
     return treedef.unflatten([assign(c) for c in children])
 

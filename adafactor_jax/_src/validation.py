@@ -25,7 +25,9 @@ def _concrete_float(name: str, value: Any) -> float | None:
     arr = np.asarray(value)
   except Exception as e:  # pragma: no cover - exotic objects
     raise ValueError(f"{name} must be a number, got {value!r}.") from e
-  if arr.ndim != 0 or not (np.issubdtype(arr.dtype, np.number)):
+  # jnp.issubdtype: np.issubdtype does not count bfloat16 (an ml_dtypes type) as a number, and
+  # optax.inject_hyperparams casts hyperparameters to bfloat16 for bfloat16 params.
+  if arr.ndim != 0 or not jnp.issubdtype(arr.dtype, jnp.number):
     raise ValueError(f"{name} must be a scalar number, got {value!r}.")
   if np.iscomplexobj(arr):
     raise ValueError(f"{name} must be a real number, got {value!r}.")
