@@ -9,6 +9,7 @@ import os
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=8")
 
+import contextlib  # noqa: E402
 import json  # noqa: E402
 import re  # noqa: E402
 import sys  # noqa: E402
@@ -75,9 +76,62 @@ def spec_of(s, ndim):
   return tuple(s.spec) + (None,) * (ndim - len(s.spec))
 
 
+def run_layout(name, tx, ref, mesh, layout, specs, sizes, results):
+  """Trains `tx` sharded by `specs` on `mesh` and checks it against `ref` (one device)."""
+  pshard = {k: NamedSharding(mesh, specs[k]) for k in SHAPES}
+  p = jax.device_put(make_params(), pshard)
+  sshard = af.state_shardings(tx, p)
+  state = jax.jit(tx.init, out_shardings=sshard)(p)
+
+  def step(p, s, g):
+    u, s = tx.update(g, s, p)
+    return optax.apply_updates(p, u), s
+
+  jstep = jax.jit(step, in_shardings=(pshard, sshard, pshard),
+                  out_shardings=(pshard, sshard), donate_argnums=(0, 1))
+  hlo = jstep.lower(p, state, jax.device_put(grads_at(0), pshard)).compile().as_text()
+  nbytes, bad = collective_stats(hlo, sizes)
+  for i in range(STEPS):
+    p, state = jstep(p, state, jax.device_put(grads_at(i), pshard))
+    if i == 2:  # shardings kept from step to step
+      got = jax.tree.map(lambda x: x.sharding, state)
+      ok = jax.tree.all(jax.tree.map(
+          lambda a, b: spec_of(a, len(getattr(a, "spec", ()))) == spec_of(b, len(a.spec)),
+          got, sshard))
+      if not ok or jax.tree.structure(got) != jax.tree.structure(sshard):
+        results["failures"].append(f"{name}/{layout}: state shardings changed")
+  # a statistic is never replicated where its parameter dim is sharded
+  for leaf in jax.tree.leaves(state):
+    if (leaf.ndim and layout in ("both", "explicit") and leaf.sharding.spec == P()
+        and leaf.size > 8):
+      results["failures"].append(f"{name}/{layout}: replicated state leaf {leaf.shape}")
+  # scale-aware difference: max|a-b| / max|b| per leaf
+  err = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))) /
+                  max(float(np.max(np.abs(np.asarray(b)))), 1e-30))
+            for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(ref)))
+  # bf16 state (momentum): a one-ulp f32 difference from another reduction order or fusion
+  # can round a bf16 entry the other way (2**-8 relative); over 20 steps that moves a param
+  # by up to ~20 * 2**-8 * lr * scale, so those presets get 1e-3 of a leaf's scale (measured:
+  # 2.3e-4, the same on one device with another compilation). f32 presets: rtol 1e-6.
+  bf16_state = any(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(state))
+  close = (lambda a, b: bool(np.allclose(np.asarray(a), np.asarray(b), rtol=1e-6,
+                                         atol=1e-6 * max(1.0, float(np.max(np.abs(b)))))))
+  if bf16_state:
+    ok = err < 1e-3
+  else:
+    ok = jax.tree.all(jax.tree.map(close, p, ref))
+  if not ok:
+    results["failures"].append(f"{name}/{layout}: params differ from one device ({err:.2e})")
+  if bad:
+    results["failures"].append(f"{name}/{layout}: all-gather of a whole parameter: {bad[0]}")
+  results["presets"][f"{name}/{layout}"] = {"collective_bytes": nbytes, "max_rel_err": err}
+
+
 def main():
   mesh = jax.make_mesh((2, 4), ("data", "model"),
                        axis_types=(jax.sharding.AxisType.Auto,) * 2)
+  explicit_mesh = jax.make_mesh((2, 4), ("data", "model"),
+                                axis_types=(jax.sharding.AxisType.Explicit,) * 2)
   params = make_params()
   sizes = {int(np.prod(s)) for s in SHAPES.values() if len(s) >= 1 and np.prod(s) > 8}
   results = {"presets": {}, "failures": []}
@@ -92,54 +146,15 @@ def main():
     for i in range(STEPS):
       ref, state = step1(ref, state, grads_at(i))
 
-    layouts = LAYOUTS if name in FULL_LAYOUTS else {"both": LAYOUTS["both"]}
+    # "explicit": the "both" layout on a mesh of Explicit axes (jax.make_mesh's default), the
+    # step traced under jax.set_mesh
+    layouts = (LAYOUTS if name in FULL_LAYOUTS else {"both": LAYOUTS["both"]}) | {
+        "explicit": LAYOUTS["both"]}
     for layout, specs in layouts.items():
-      pshard = {k: NamedSharding(mesh, specs[k]) for k in SHAPES}
-      p = jax.device_put(make_params(), pshard)
-      sshard = af.state_shardings(tx, p)
-      state = jax.jit(tx.init, out_shardings=sshard)(p)
-
-      def step(p, s, g):
-        u, s = tx.update(g, s, p)
-        return optax.apply_updates(p, u), s
-
-      jstep = jax.jit(step, in_shardings=(pshard, sshard, pshard),
-                      out_shardings=(pshard, sshard), donate_argnums=(0, 1))
-      hlo = jstep.lower(p, state, jax.device_put(grads_at(0), pshard)).compile().as_text()
-      nbytes, bad = collective_stats(hlo, sizes)
-      for i in range(STEPS):
-        p, state = jstep(p, state, jax.device_put(grads_at(i), pshard))
-        if i == 2:  # shardings kept from step to step
-          got = jax.tree.map(lambda x: x.sharding, state)
-          ok = jax.tree.all(jax.tree.map(
-              lambda a, b: spec_of(a, len(getattr(a, "spec", ()))) == spec_of(b, len(a.spec)),
-              got, sshard))
-          if not ok or jax.tree.structure(got) != jax.tree.structure(sshard):
-            results["failures"].append(f"{name}/{layout}: state shardings changed")
-      # a statistic is never replicated where its parameter dim is sharded
-      for leaf in jax.tree.leaves(state):
-        if leaf.ndim and layout == "both" and leaf.sharding.spec == P() and leaf.size > 8:
-          results["failures"].append(f"{name}/{layout}: replicated state leaf {leaf.shape}")
-      # scale-aware difference: max|a-b| / max|b| per leaf
-      err = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))) /
-                      max(float(np.max(np.abs(np.asarray(b)))), 1e-30))
-                for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(ref)))
-      # bf16 state (momentum): a one-ulp f32 difference from another reduction order or fusion
-      # can round a bf16 entry the other way (2**-8 relative); over 20 steps that moves a param
-      # by up to ~20 * 2**-8 * lr * scale, so those presets get 1e-3 of a leaf's scale (measured:
-      # 2.3e-4, the same on one device with another compilation). f32 presets: rtol 1e-6.
-      bf16_state = any(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(state))
-      close = (lambda a, b: bool(np.allclose(np.asarray(a), np.asarray(b), rtol=1e-6,
-                                             atol=1e-6 * max(1.0, float(np.max(np.abs(b)))))))
-      if bf16_state:
-        ok = err < 1e-3
-      else:
-        ok = jax.tree.all(jax.tree.map(close, p, ref))
-      if not ok:
-        results["failures"].append(f"{name}/{layout}: params differ from one device ({err:.2e})")
-      if bad:
-        results["failures"].append(f"{name}/{layout}: all-gather of a whole parameter: {bad[0]}")
-      results["presets"][f"{name}/{layout}"] = {"collective_bytes": nbytes, "max_rel_err": err}
+      explicit = layout == "explicit"
+      with jax.set_mesh(explicit_mesh) if explicit else contextlib.nullcontext():
+        run_layout(name, tx, ref, explicit_mesh if explicit else mesh, layout, specs,
+                   sizes, results)
   print(json.dumps(results))
 
 

@@ -295,8 +295,17 @@ def seed_from(d: "Deferred", shared: Optional[Seed]) -> Optional[Seed]:
 
 
 def _first(x: jax.Array) -> jax.Array:
-  """The first element of `x`, read without a reshape (which would gather a sharded `x`)."""
-  return x[(0,) * x.ndim]
+  """The first element of `x`, read without a reshape (which would gather a sharded `x`).
+
+  Sharded along an Explicit mesh axis (`jax.make_mesh`'s default), the element is read with
+  the axes Auto (`jax.sharding.auto_axes`), replicated: JAX does not type a one-element slice
+  of a dim sharded along an Explicit axis.
+  """
+  index = (0,) * x.ndim
+  spec = getattr(jax.typeof(x).sharding, "spec", ())
+  if any(axis is not None for axis in spec):
+    return jax.sharding.auto_axes(lambda y: y[index], out_sharding=jax.sharding.PartitionSpec())(x)
+  return x[index]
 
 
 def opaque_zero(x: jax.Array, dtype: Any) -> jax.Array:
