@@ -203,3 +203,47 @@ def test_factor_rule_batch_dims_clip_per_slice():
     np.testing.assert_allclose(u1["layers"][1], u2["l1"], rtol=1e-6, atol=1e-7)
     params = optax.apply_updates(params, u1)
     sep = optax.apply_updates(sep, u2)
+
+
+def test_complex_params_keep_the_imaginary_part_of_every_buffer():
+  """optax's momentum (dtype_momentum=float32, its default) stores the real part of a complex
+  update only. Ours stores a complex buffer of that precision: `adafactor(momentum=0.9)` equals
+  optax.adafactor with dtype_momentum=complex64 at every step, not optax's default; gradient
+  accumulation and the EMA of the weights keep the imaginary part too."""
+  rng = np.random.default_rng(0)
+  c = lambda *s: jnp.asarray(rng.normal(size=s) + 1j * rng.normal(size=s), jnp.complex64)
+  params = {"w": c(6, 8), "b": c(8)}
+  grads = [{"w": c(6, 8), "b": c(8)} for _ in range(4)]
+  ours = af.adafactor(1e-2, momentum=0.9, min_dim_size_to_factor=4)
+  complex_ref = optax.adafactor(1e-2, momentum=0.9, min_dim_size_to_factor=4,
+                                dtype_momentum=jnp.complex64)
+  default_ref = optax.adafactor(1e-2, momentum=0.9, min_dim_size_to_factor=4)
+  runs = []
+  for tx in (ours, complex_ref, default_ref):
+    p, s, out = params, tx.init(params), []
+    for g in grads:
+      u, s = tx.update(g, s, p)
+      p = optax.apply_updates(p, u)
+      out.append(u)
+    runs.append(out)
+  gap = lambda a, b: max(float(np.max(np.abs(np.asarray(a[k]) - np.asarray(b[k])))
+                             / np.max(np.abs(np.asarray(b[k])))) for k in a)  # of leaf scale
+  for i, (a, b, c_) in enumerate(zip(*runs)):
+    assert gap(a, b) < 1e-6, (i, gap(a, b))  # measured: 1.7e-7
+    if i:  # from the second step optax's default has lost the imaginary part of the average
+      assert gap(c_, b) > 1e-2, (i, gap(c_, b))
+
+  acc = af.accumulate_gradients(optax.sgd(1.0), 2)  # accumulator_dtype float32 by default
+  s = acc.init(params)
+  for g in grads[:2]:
+    u, s = acc.update(g, s, params)
+  np.testing.assert_allclose(u["w"], -(grads[0]["w"] + grads[1]["w"]) / 2, rtol=1e-6)
+
+  ema = optax.chain(optax.sgd(1.0), af.ema_params(0.5))  # dtype float32 by default
+  p, s = params, ema.init(params)
+  for g in grads[:2]:
+    u, s = ema.update(g, s, p)
+    p = optax.apply_updates(p, u)
+  p1 = params["w"] - grads[0]["w"]
+  expected = 0.5 * p1 + 0.5 * (p1 - grads[1]["w"])  # Keras: the first average is the weights
+  np.testing.assert_allclose(af.finalize_variable_values(p, s)["w"], expected, rtol=1e-6)

@@ -336,6 +336,18 @@ def relative_step_size(
   return schedule
 
 
+def buffer_dtype(dtype: Optional[DTypeLike], leaf_dtype: DTypeLike) -> jnp.dtype:
+  """The dtype of a leaf-shaped buffer (momentum, accumulated gradients, the EMA) asked for as
+  `dtype` (None: the leaf's): for a complex leaf, the complex type of that precision, as a real
+  buffer would drop the imaginary part (optax's float32 default for momentum does)."""
+  if dtype is None:
+    return jnp.dtype(leaf_dtype)
+  if (jnp.issubdtype(leaf_dtype, jnp.complexfloating)
+      and not jnp.issubdtype(dtype, jnp.complexfloating)):
+    return jnp.result_type(dtype, jnp.complex64)
+  return jnp.dtype(dtype)
+
+
 class ScaleByMomentumState(NamedTuple):
   mu: Any  # per leaf: EMA of the updates, the leaf's shape, in `accumulator_dtype`.
 
@@ -355,8 +367,9 @@ def scale_by_momentum(
 
   Args:
     decay: :math:`\beta`, in [0, 1).
-    accumulator_dtype: dtype of the stored average (``None``: the update's dtype). The update
-      returned is computed before rounding to this dtype, as optax.
+    accumulator_dtype: dtype of the stored average (``None``: the update's dtype; for a
+      complex leaf, the complex type of this precision). The update returned is computed
+      before rounding to this dtype, as optax.
 
   Returns:
     An `optax.GradientTransformationExtraArgs` with state `ScaleByMomentumState`.
@@ -379,7 +392,7 @@ def scale_by_momentum(
 
   def init_fn(params):
     return ScaleByMomentumState(mu=jax.tree.map(
-        lambda p: jnp.zeros(p.shape, accumulator_dtype or p.dtype), params))
+        lambda p: jnp.zeros(p.shape, buffer_dtype(accumulator_dtype, p.dtype)), params))
 
   def average(u, m):
     return (1.0 - decay) * u + decay * m

@@ -466,7 +466,7 @@ def accumulate_gradients(
       Adafactor step counter inside it counts applied updates).
     gradient_accumulation_steps: :math:`k`, an integer >= 2.
     accumulator_dtype: dtype of the running sum :math:`A` (float32; None: the leaf's dtype, as
-      Keras).
+      Keras; for a complex leaf, the complex type of this precision).
 
   Returns:
     An `optax.GradientTransformationExtraArgs` with state `AccumulateGradientsState`; the
@@ -506,7 +506,8 @@ def accumulate_gradients(
   name = "accumulate_gradients"
 
   def init_fn(params):
-    acc = jax.tree.map(lambda p: jnp.zeros(p.shape, accumulator_dtype or p.dtype), params)
+    acc = jax.tree.map(
+        lambda p: jnp.zeros(p.shape, blocks.buffer_dtype(accumulator_dtype, p.dtype)), params)
     return AccumulateGradientsState(count=jnp.zeros([], jnp.int32), acc=acc,
                                     inner_state=inner.init(params))
 
@@ -588,7 +589,8 @@ def ema_params(
       their average; None never (call `finalize_variable_values` instead).
     gradient_accumulation_steps: the :math:`k` of an `accumulate_gradients` inside the chain
       (the average is still updated on every call, as Keras), or None.
-    dtype: dtype of the average (float32; None: the weights' dtype, as Keras).
+    dtype: dtype of the average (float32; None: the weights' dtype, as Keras; for complex
+      weights, the complex type of this precision).
 
   Returns:
     An `optax.GradientTransformationExtraArgs` with state `EmaParamsState`; ``params`` are
@@ -630,7 +632,9 @@ def ema_params(
 
   def init_fn(params):
     return EmaParamsState(count=jnp.zeros([], jnp.int32),
-                          ema=jax.tree.map(lambda p: jnp.zeros(p.shape, dtype or p.dtype), params))
+                          ema=jax.tree.map(
+                              lambda p: jnp.zeros(p.shape, blocks.buffer_dtype(dtype, p.dtype)),
+                              params))
 
   def kernel(leaves, state, params, ctx):
     tree_lib.require_params(name, params, "the weights are averaged")
