@@ -335,6 +335,57 @@ def test_scale_loss_and_static_loss_scale():
   assert float(af.scale_loss(2.0, 4.0)) == 8.0
 
 
+def test_injected_loss_scale_factor_is_the_one_used():
+  """Under optax.inject_hyperparams the factor can change between steps: scale_loss multiplies
+  by the injected value and the update divides by it (before, by the factor init stored)."""
+  params = {"w": jnp.linspace(-1.0, 1.0, 12).reshape(3, 4)}
+  loss = lambda p: jnp.sum(p["w"] ** 3)
+  plain = optax.inject_hyperparams(af.keras_adafactor)(learning_rate=0.1)
+  expected, _ = plain.update(jax.grad(loss)(params), plain.init(params), params)
+  for factory in (af.keras_adafactor, af.static_loss_scale):
+    kwargs = {"learning_rate": 0.1} if factory is af.keras_adafactor else {}
+    tx = optax.inject_hyperparams(factory)(loss_scale_factor=8.0, **kwargs)
+    state = tx.init(params)
+    assert float(af.scale_loss(1.0, state)) == 8.0
+    state.hyperparams["loss_scale_factor"] = jnp.asarray(2.0)  # changed before this step
+    grads = jax.grad(lambda p: af.scale_loss(loss(p), state))(params)
+    np.testing.assert_array_equal(grads["w"], 2.0 * jax.grad(loss)(params)["w"])
+    updates, state = tx.update(grads, state, params)
+    want = expected["w"] if factory is af.keras_adafactor else jax.grad(loss)(params)["w"]
+    np.testing.assert_array_equal(updates["w"], want)  # a power of two: exact
+    assert float(af.scale_loss(1.0, state)) == 2.0
+
+
+def test_finalize_variable_values_under_masked_and_multi_transform():
+  """optax.masked and optax.multi_transform hold optax.MaskedNode where an EMA averages
+  nothing: each EMA swaps in the leaves it averages, the others are the params."""
+  rng = np.random.default_rng(0)
+  params = {"w": jnp.asarray(rng.normal(size=(4, 3)), jnp.float32),
+            "f": jnp.asarray(rng.normal(size=(5,)), jnp.float32)}
+  grads = [jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), params)
+           for _ in range(3)]
+  make = {"a": lambda: af.keras_adafactor(0.1, use_ema=True, ema_momentum=0.5),
+          "b": lambda: af.keras_adadelta(1.0, use_ema=True, ema_momentum=0.5)}
+
+  def run(tx, params, grads):
+    state = tx.init(params)
+    for g in grads:
+      updates, state = tx.update(g, state, params)
+      params = optax.apply_updates(params, updates)
+    return params, af.finalize_variable_values(params, state)
+
+  p, final = run(optax.multi_transform({k: f() for k, f in make.items()}, {"w": "a", "f": "b"}),
+                 params, grads)
+  for key, label in (("w", "a"), ("f", "b")):  # each alone on its own leaf
+    alone_p, alone_final = run(make[label](), params[key], [g[key] for g in grads])
+    np.testing.assert_array_equal(p[key], alone_p)
+    np.testing.assert_array_equal(final[key], alone_final)
+    assert not np.array_equal(final[key], p[key])
+  p, final = run(optax.masked(make["a"](), {"w": True, "f": False}), params, grads)
+  np.testing.assert_array_equal(final["f"], p["f"])
+  assert not np.array_equal(final["w"], p["w"])
+
+
 def test_clip_blocks_keras_numbers():
   # Keras's test_clip_norm / test_clip_value.
   g = jnp.array([100.0, 100.0])

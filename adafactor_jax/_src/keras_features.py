@@ -85,7 +85,9 @@ def static_loss_scale(loss_scale_factor: ArrayLike) -> optax.GradientTransformat
 
   Notes:
     As Keras: the factor is static (for a dynamic one, Keras has ``LossScaleOptimizer``); the
-    division happens before gradient accumulation and clipping.
+    division happens before gradient accumulation and clipping. Injected with
+    ``optax.inject_hyperparams``, the factor can be changed between steps: the update divides
+    by the injected value, and `scale_loss` multiplies by it.
   """
   validation.check_number("loss_scale_factor", loss_scale_factor, low=0.0, low_inclusive=False)
 
@@ -94,11 +96,14 @@ def static_loss_scale(loss_scale_factor: ArrayLike) -> optax.GradientTransformat
     return StaticLossScaleState(loss_scale_factor=jnp.asarray(loss_scale_factor, jnp.float32))
 
   def kernel(leaves, state, params, ctx):
-    del params, ctx
+    del params, ctx, state
+    # The factor this block was built with, not the one `init` stored: under
+    # `optax.inject_hyperparams` the block is built anew at every update with the injected value.
+    factor = jnp.asarray(loss_scale_factor, jnp.float32)
     for d in leaves:
       d.then(lambda g, s: (g / s.astype(g.dtype)).astype(g.dtype),
-             fused.like_leaf(state.loss_scale_factor, len(d.shape)))
-    return state
+             fused.like_leaf(factor, len(d.shape)))
+    return StaticLossScaleState(loss_scale_factor=factor)
 
   return fused.transformation(init_fn, kernel)
 
@@ -116,7 +121,8 @@ def scale_loss(loss: ArrayLike, opt_state_or_factor: Any) -> jax.Array:
   Args:
     loss: the scalar loss (a traced value inside ``jax.grad`` is fine).
     opt_state_or_factor: the factor :math:`s` itself, or an optimizer state containing a
-      `StaticLossScaleState` (from `static_loss_scale`, or the presets' ``loss_scale_factor``).
+      `StaticLossScaleState` (from `static_loss_scale`, or the presets' ``loss_scale_factor``)
+      or a ``loss_scale_factor`` injected by ``optax.inject_hyperparams`` (which comes first).
       A state without one leaves the loss unchanged, as Keras does without a factor.
 
   Returns:
@@ -144,6 +150,13 @@ def scale_loss(loss: ArrayLike, opt_state_or_factor: Any) -> jax.Array:
     validation.check_number("opt_state_or_factor", opt_state_or_factor, low=0.0,
                             low_inclusive=False)
     return loss * opt_state_or_factor
+  # An injected factor (optax.inject_hyperparams) first: the next update divides by it.
+  injected = [x.hyperparams["loss_scale_factor"] for x in
+              _find_states(opt_state_or_factor, optax.InjectStatefulHyperparamsState)
+              + _find_states(opt_state_or_factor, optax.InjectHyperparamsState)
+              if "loss_scale_factor" in x.hyperparams]
+  if injected:
+    return loss * injected[0]
   states = _find_states(opt_state_or_factor, StaticLossScaleState)
   if not states:
     return loss
@@ -673,8 +686,9 @@ def finalize_variable_values(params: optax.Params, opt_state: Any) -> optax.Para
 
   Args:
     params: the current params.
-    opt_state: an optimizer state; the first `EmaParamsState` found in it is used (from
-      `ema_params`, or the presets' ``use_ema=True``).
+    opt_state: an optimizer state; its `EmaParamsState` (from `ema_params`, or the presets'
+      ``use_ema=True``) is used, or each of them for the leaves it averages (under
+      ``optax.masked`` or ``optax.multi_transform``; the first found where two average one).
 
   Returns:
     The averages, cast to each param's dtype; `params` itself when the state holds no EMA, and
@@ -700,11 +714,24 @@ def finalize_variable_values(params: optax.Params, opt_state: Any) -> optax.Para
   states = _find_states(opt_state, EmaParamsState)
   if not states:
     return params
-  ema, started = states[0].ema, states[0].count > 0
-  treedef = tree_lib.check_same_tree("finalize_variable_values", params, ema,
-                                     expected_name="the params", got_name="the EMA",
-                                     same_shapes=True)
-  return treedef.unflatten([
-      jnp.where(started, a.astype(jnp.asarray(p).dtype), p)
-      for a, p in zip(jax.tree.leaves(ema), treedef.flatten_up_to(params))])
+  name = "finalize_variable_values"
+  masked = lambda x: isinstance(x, optax.MaskedNode)
+  treedef, paths = None, tree_lib.leaf_paths(params)
+  out: list[Any] = []
+  done: list[bool] = []
+  for state in states:  # several under optax.multi_transform, each for its own leaves
+    treedef = tree_lib.check_same_tree(name, state.ema, params, expected_name="the EMA",
+                                       got_name="the params", expected_is_leaf=masked)
+    if not out:
+      out, done = treedef.flatten_up_to(params), [False] * len(paths)
+    started = state.count > 0
+    for i, a in enumerate(jax.tree.leaves(state.ema, is_leaf=masked)):
+      if done[i] or masked(a):  # (optax.masked: a leaf this EMA does not average)
+        continue
+      p = out[i]
+      if np.shape(a) != np.shape(p):
+        raise ValueError(f"{name}: the leaf {paths[i]!r} has shape {np.shape(p)} in the params "
+                         f"but {np.shape(a)} in the EMA.")
+      out[i], done[i] = jnp.where(started, a.astype(jnp.asarray(p).dtype), p), True
+  return treedef.unflatten(out)
 
