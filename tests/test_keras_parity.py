@@ -467,6 +467,25 @@ def test_construction_errors(factory, kwargs, match):
     factory(**kwargs)
 
 
+@pytest.mark.parametrize("ours,theirs", [(af.keras_adafactor, keras.optimizers.Adafactor),
+                                         (af.keras_adadelta, keras.optimizers.Adadelta)])
+def test_every_keras_argument_in_keras_order(ours, theirs):
+  """A drop-in: Keras's arguments (from the live class), in its positional order, with its
+  defaults (but `name`, which has no effect here and defaults to None)."""
+  import inspect
+  keras_args = [(n, p.default) for n, p in inspect.signature(theirs.__init__).parameters.items()
+                if n not in ("self", "kwargs")]
+  our_params = inspect.signature(ours).parameters
+  positional = [n for n, p in our_params.items() if p.kind == p.POSITIONAL_OR_KEYWORD]
+  assert positional == [n for n, _ in keras_args]
+  for n, default in keras_args:
+    if n != "name":
+      assert our_params[n].default == default, n
+  ours(**{n: d for n, d in keras_args})  # Keras's defaults, every one passed
+  with pytest.raises(ValueError, match="name must be a string or None, got 3"):
+    ours(name=3)
+
+
 @pytest.mark.parametrize("kwargs,match", [
     (dict(beta_2_decay=0.5), r"beta_2_decay=0.5 .*\(-inf, 0.0\)"),
     (dict(epsilon_1=-1.0), r"epsilon_1=-1.0 .*\[0.0, inf\)"),

@@ -207,6 +207,26 @@ def test_torch_eps1_none_is_resolved_per_leaf():
   np.testing.assert_array_equal(np.asarray(u1["a"], np.float32), np.asarray(u2["a"], np.float32))
 
 
+def test_every_torch_argument_is_accepted():
+  """A drop-in: torch.optim.Adafactor's arguments (from the live class, but params) with its
+  defaults; `foreach` has no effect (the same compiled step) and must be a bool or None."""
+  import inspect
+  torch_args = {n: p.default for n, p in
+                inspect.signature(torch.optim.Adafactor.__init__).parameters.items()
+                if n not in ("self", "params")}
+  ours = inspect.signature(af.torch_adafactor).parameters
+  assert set(torch_args) <= set(ours)
+  assert all(ours[n].default == d for n, d in torch_args.items() if n != "eps"), torch_args
+  assert tuple(ours["eps"].default) == tuple(torch_args["eps"])
+  af.torch_adafactor(**torch_args)
+  p, g = {"w": jnp.ones((3, 4))}, {"w": jnp.arange(12.0).reshape(3, 4)}
+  updates = [tx.update(g, tx.init(p), p)[0]["w"] for tx in
+             (af.torch_adafactor(), af.torch_adafactor(foreach=True))]
+  np.testing.assert_array_equal(updates[0], updates[1])
+  with pytest.raises(ValueError, match="foreach must be a bool, got 'yes'"):
+    af.torch_adafactor(foreach="yes")
+
+
 def test_torch_argument_errors_match_torch():
   for kwargs in [dict(lr=-1.0), dict(beta2_decay=0.5), dict(eps=(-1.0, 1e-3)),
                  dict(eps=(None, -1.0)), dict(d=0.5), dict(weight_decay=-0.1)]:

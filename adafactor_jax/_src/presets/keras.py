@@ -63,8 +63,10 @@ def _weight_decay_mask(exclude: ExcludeFromWeightDecay) -> blocks.MaskOrFn:
 
 def _check_base_args(learning_rate, weight_decay, clipnorm, clipvalue, global_clipnorm, use_ema,
                      ema_momentum, ema_overwrite_frequency, loss_scale_factor,
-                     gradient_accumulation_steps, exclude_from_weight_decay) -> None:
+                     gradient_accumulation_steps, exclude_from_weight_decay, name) -> None:
   """Keras's base-optimizer argument checks, with ranges in every message."""
+  if name is not None and not isinstance(name, str):
+    raise ValueError(f"name must be a string or None, got {name!r}.")
   validation.check_scalar_or_schedule("learning_rate", learning_rate, low=0.0)
   if weight_decay is not None:
     validation.check_number("weight_decay", weight_decay, low=0.0)
@@ -133,6 +135,7 @@ def keras_adafactor(
     ema_overwrite_frequency: Optional[int] = None,
     loss_scale_factor: Optional[ArrayLike] = None,
     gradient_accumulation_steps: Optional[int] = None,
+    name: Optional[str] = None,
     *,
     exclude_from_weight_decay: ExcludeFromWeightDecay = None,
     stats_dtype: Optional[DTypeLike] = jnp.float32,
@@ -184,6 +187,8 @@ def keras_adafactor(
       optimizer divides the gradients (`static_loss_scale`).
     gradient_accumulation_steps: an integer >= 2: update once every that many calls, with the
       mean gradient (`accumulate_gradients`).
+    name: accepted for Keras compatibility (Keras names the optimizer's variables with it); it
+      has no effect. A string or None.
     exclude_from_weight_decay: a list of regular expressions, matched with ``re.search`` against
       each leaf's key path joined with '/' (Keras matches ``variable.name``), or a pytree of bools
       with the params' structure (True: excluded).
@@ -243,7 +248,7 @@ def keras_adafactor(
   """
   _check_base_args(learning_rate, weight_decay, clipnorm, clipvalue, global_clipnorm, use_ema,
                    ema_momentum, ema_overwrite_frequency, loss_scale_factor,
-                   gradient_accumulation_steps, exclude_from_weight_decay)
+                   gradient_accumulation_steps, exclude_from_weight_decay, name)
   validation.check_number("beta_2_decay", beta_2_decay, high=0.0, high_inclusive=False)
   validation.check_number("epsilon_1", epsilon_1, low=0.0)
   validation.check_number("epsilon_2", epsilon_2, low=0.0)
@@ -282,6 +287,7 @@ def keras_adadelta(
     ema_overwrite_frequency: Optional[int] = None,
     loss_scale_factor: Optional[ArrayLike] = None,
     gradient_accumulation_steps: Optional[int] = None,
+    name: Optional[str] = None,
     *,
     exclude_from_weight_decay: ExcludeFromWeightDecay = None,
     stats_dtype: Optional[DTypeLike] = jnp.float32,
@@ -315,6 +321,8 @@ def keras_adadelta(
       optimizer divides the gradients (`static_loss_scale`).
     gradient_accumulation_steps: an integer >= 2: update once every that many calls, with the
       mean gradient (`accumulate_gradients`).
+    name: accepted for Keras compatibility (Keras names the optimizer's variables with it); it
+      has no effect. A string or None.
     exclude_from_weight_decay: a list of regular expressions, matched with ``re.search`` against
       each leaf's key path joined with '/' (Keras matches ``variable.name``), or a pytree of bools
       with the params' structure (True: excluded).
@@ -353,7 +361,7 @@ def keras_adadelta(
   """
   _check_base_args(learning_rate, weight_decay, clipnorm, clipvalue, global_clipnorm, use_ema,
                    ema_momentum, ema_overwrite_frequency, loss_scale_factor,
-                   gradient_accumulation_steps, exclude_from_weight_decay)
+                   gradient_accumulation_steps, exclude_from_weight_decay, name)
   validation.check_number("rho", rho, low=0.0, high=1.0)
   validation.check_number("epsilon", epsilon, low=0.0)
   lr = _per_update(learning_rate, gradient_accumulation_steps)

@@ -32,6 +32,7 @@ def torch_adafactor(
     weight_decay: ArrayLike = 0.0,
     maximize: bool = False,
     *,
+    foreach: Optional[bool] = None,
     stats_dtype: Optional[DTypeLike] = jnp.float32,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Adafactor with the semantics and defaults of PyTorch's ``torch.optim.Adafactor``.
@@ -63,6 +64,8 @@ def torch_adafactor(
     d: update clipping threshold (>= 1).
     weight_decay: decoupled weight decay (>= 0), multiplied by ``lr``.
     maximize: ascend instead of descend (the gradient is negated; the weight decay is not).
+    foreach: accepted for PyTorch compatibility (its choice between a loop over tensors and
+      batched kernels); it has no effect: the compiled step is the same. A bool or None.
     stats_dtype: dtype of the statistics (float32); None keeps the leaf's dtype, as PyTorch.
 
   Returns:
@@ -108,6 +111,8 @@ def torch_adafactor(
   validation.check_number("d", d, low=1.0)
   validation.check_number("weight_decay", weight_decay, low=0.0)
   validation.check_bool("maximize", maximize)
+  if foreach is not None:
+    validation.check_bool("foreach", foreach)
 
   tx: list[Any] = []
   if maximize:
