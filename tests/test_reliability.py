@@ -220,6 +220,17 @@ def test_load_mismatch_errors_name_the_key(tmp_path):
                                           stats_dtype=jnp.bfloat16).init(params))
 
 
+def test_saved_state_file_mode_follows_the_umask(tmp_path):
+  """A checkpoint is readable as any file np.savez writes (0o666 less the umask), not 0o600."""
+  tx = af.adafactor(0.01)
+  old = os.umask(0o022)
+  try:
+    af.save_state(tmp_path / "s.npz", tx.init(params_of()))
+  finally:
+    os.umask(old)
+  assert (tmp_path / "s.npz").stat().st_mode & 0o777 == 0o644
+
+
 def test_truncated_or_interrupted_write_never_loads(tmp_path):
   tx = af.adafactor(0.01, momentum=0.9)
   params = params_of()

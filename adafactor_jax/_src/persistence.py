@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 import zipfile
 from typing import Any
 
@@ -68,7 +68,10 @@ def save_state(path: str | os.PathLike, opt_state: Any, *, tx: Any = None) -> No
   arrays[_META] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
   path = os.fspath(path)
   folder = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
+  # A new file of a random name, created with mode 0o666 less the umask, as np.savez's would be
+  # (tempfile.mkstemp's are 0o600, which os.replace would keep).
+  tmp = os.path.join(folder, f".tmp-{secrets.token_hex(8)}.npz")
+  fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
   try:
     with os.fdopen(fd, "wb") as f:
       np.savez(f, **arrays)
@@ -87,8 +90,8 @@ def load_state(path: str | os.PathLike, like: Any, *, tx: Any = None) -> Any:
   Args:
     path: the file.
     like: a state of the same optimizer, or its shapes (``jax.eval_shape(tx.init, params)``);
-      leaves carrying a `jax.sharding.Sharding` (for example from `state_shardings`) are placed
-      with it.
+      leaves carrying a `jax.sharding.Sharding` are placed with it: sharded arrays, or
+      ``jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)`` with ``s`` from `state_shardings`.
     tx: optional optimizer; if the file holds a config, it must equal ``get_config(tx)``.
 
   Returns:
