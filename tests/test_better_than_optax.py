@@ -118,6 +118,33 @@ def test_f16_zero_and_tiny_grads_finite(g):
   assert not all(bool(jnp.all(jnp.isfinite(u))) for u in jax.tree.leaves(updates))
 
 
+@pytest.mark.parametrize("g", [1e-5, 1e-4, 1e-2, 1.0])
+def test_f16_statistics_keep_the_unit_step(g):
+  """Float16 params and statistics (stats_dtype=None, optax's dtype): a constant gradient gives
+  a factored leaf the clipped unit step, -lr * RMS(p), also where its square underflows float16
+  (1e-5, 1e-4) and the unclipped update is then above 256, whose float16 square overflows.
+  optax's update is NaN (1e-5) or zero (1e-4: its clipping divides by an infinite RMS) there.
+  An unfactored leaf whose squares underflow to zero takes a shorter step in the same direction
+  (the statistic is floored at float16's smallest subnormal number)."""
+  params = {"w": jnp.ones((200, 160), jnp.float16), "b": jnp.ones((5,), jnp.float16)}
+  grads = jax.tree.map(lambda p: jnp.full(p.shape, g, jnp.float16), params)
+  ours = af.adafactor(0.01, stats_dtype=None)
+  updates, _ = jax.jit(ours.update)(grads, ours.init(params), params)
+  np.testing.assert_allclose(np.asarray(updates["w"], np.float32), -0.01, rtol=1e-3)
+  b = np.asarray(updates["b"], np.float32)
+  if np.float16(g) * np.float16(g) > 0:
+    np.testing.assert_allclose(b, -0.01, rtol=1e-3)
+  else:
+    assert np.all((b < 0) & (b > -0.01)), b
+  theirs = optax.adafactor(0.01)
+  updates, _ = jax.jit(theirs.update)(grads, theirs.init(params), params)
+  w = np.asarray(updates["w"], np.float32)
+  if g <= 1e-4:
+    assert not np.allclose(w, -0.01, rtol=1e-3)
+  else:
+    np.testing.assert_allclose(w, -0.01, rtol=1e-3)
+
+
 def test_decay_offset_beyond_count_is_finite():
   params = mixed_tree(0, big=False)
   grads = jax.tree.map(jnp.ones_like, params)

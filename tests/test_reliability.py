@@ -129,6 +129,44 @@ def test_finite_in_finite_out(name, dtype):
         assert not bad, f"{kind} zero_params={zero_params}: non-finite {bad}"
 
 
+@pytest.mark.parametrize("scale", [2.0, 3e-2])
+def test_float16_statistics_of_ordinary_gradients_equal_optax(scale):
+  """Float16 statistics (stats_dtype=None with float16 params, as optax) saturate only near
+  float16's maximum, and are floored only at its smallest subnormal number: gradients of order
+  1, and of order 1e-2 (whose squares are mostly subnormal in float16), on a 512x512 leaf
+  (factored) and a 64x64 one (unfactored) give optax's first update and store g**2. Before, the
+  cap was max / (2 * leaf size) (0.125 for 512x512: the first update of a gradient of 0.5 was
+  1.415 where optax's is 1), and the floor float16's smallest normal number (6e-5, the square of
+  8e-3: the update of a gradient of 1e-3 was damped 8-fold)."""
+  rng = np.random.default_rng(0)
+  params = {"big": jnp.asarray(rng.normal(size=(512, 512)), jnp.float16),
+            "small": jnp.asarray(rng.normal(size=(64, 64)), jnp.float16)}
+  grads = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape) * scale, jnp.float16),
+                       params)
+  # (A square that underflows float16 to zero gives optax an infinite update, README
+  # "Differences from optax" 2: those elements are left out; they make optax.adafactor's update
+  # clipping NaN, so it is compared without it.)
+  pairs = [(af.adafactor(0.01, stats_dtype=None, clipping_threshold=None),
+            optax.adafactor(0.01, clipping_threshold=None)),
+           (af.adadelta(1.0, stats_dtype=None), optax.adadelta(1.0)),
+           (af.scale_by_factored_rms(stats_dtype=None), optax.scale_by_factored_rms())]
+  for ours, ref in pairs:
+    u_ours, s_ours = ours.update(grads, ours.init(params), params)
+    u_ref, _ = ref.update(grads, ref.init(params), params)
+    for k in params:
+      a, b = np.asarray(u_ours[k], np.float32), np.asarray(u_ref[k], np.float32)
+      finite = np.isfinite(b)
+      assert np.isfinite(a).all() and finite.mean() > 0.99, k
+      a, b = a[finite], b[finite]
+      # float16 updates: a few ulps (2**-10 relative) of rounding apart; a subnormal square
+      # has fewer significant bits, and its update's ulps are larger
+      np.testing.assert_allclose(a, b, rtol=4e-3 if scale > 1 else 3e-2,
+                                 atol=4e-3 * np.abs(b).max(), err_msg=k)
+  v = s_ours.v["small"]  # scale_by_factored_rms's, the last pair
+  assert v.dtype == jnp.float16
+  np.testing.assert_array_equal(v, grads["small"] * grads["small"])
+
+
 # Each preset with its epsilon at 0, or at a value that underflows to 0 in a float16 statistic:
 # a leaf of zero gradients then has all-zero statistics. The references divide 0 by 0 there
 # (optax, Keras, PyTorch and transformers: the factored estimate's row mean; Keras and optax's

@@ -16,6 +16,7 @@ from adafactor_jax._src import fused
 from adafactor_jax._src import tree as tree_lib
 from adafactor_jax._src import validation
 from adafactor_jax._src.factored import abs_sq
+from adafactor_jax._src.factored import stat_floor
 from adafactor_jax._src.factored import stats_dtype_for
 
 
@@ -76,10 +77,10 @@ def scale_by_adadelta(
       dtype, work = e_g.dtype, jnp.result_type(d.dtype, e_g.dtype)
       new_e_g = ((1.0 - rho) * abs_sq(d.value_apart("v"), dtype) + rho * e_g).astype(dtype)
 
-      def delta(g, e_x, new_e_g, eps, work=work, tiny=jnp.finfo(dtype).tiny):
-        # The denominator floored at the smallest normal number: with eps=0 (or an eps that
-        # underflows in a half-precision statistic) a zero gradient would give 0/0 = NaN, as in
-        # Keras and optax. Wherever E[g**2] + eps is a normal number nothing changes.
+      def delta(g, e_x, new_e_g, eps, work=work, tiny=stat_floor(dtype)):
+        # The denominator floored (`stat_floor`): with eps=0 (or an eps that underflows in a
+        # half-precision statistic) a zero gradient would give 0/0 = NaN, as in Keras and optax.
+        # Wherever E[g**2] + eps is at least the floor nothing changes.
         return jnp.sqrt(e_x + eps) / jnp.sqrt(jnp.maximum(new_e_g + eps, tiny)) * g.astype(work)
 
       # The update is a formula (see `fused`): computed apart for the new E[delta**2], and

@@ -54,7 +54,11 @@ def _rms(apply: Callable[..., jax.Array], shape: tuple, plan: factoring.LeafPlan
     return jnp.zeros([1] * len(shape) if keepdims else [], dtype)
 
   def elem(x):
-    return (jnp.real(x * jnp.conj(x)) if jnp.iscomplexobj(x) else x * x).astype(dtype)
+    if jnp.iscomplexobj(x):
+      return jnp.real(x * jnp.conj(x)).astype(dtype)
+    if x.dtype == jnp.float16:  # squared in `dtype`: a float16 square overflows above 256
+      x = x.astype(dtype)
+    return (x * x).astype(dtype)
 
   return jnp.sqrt(apply(functools.partial(fused.mean, axes=axes, keepdims=keepdims), elem))
 

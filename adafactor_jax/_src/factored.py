@@ -61,9 +61,27 @@ class ScaleByFactoredRMSState(NamedTuple):
 FLOORED_DTYPES = (jnp.float32, jnp.float64, jnp.bfloat16)
 
 
+def stat_floor(dtype: DTypeLike) -> float:
+  """The floor of a statistic where it divides or meets an rsqrt (a zero gives inf, and 0/0 or
+  0 * inf NaN): the smallest positive number the step computes with. For float16, its smallest
+  subnormal number (6e-8): float16 arithmetic runs in float32, where that is a normal number,
+  and float16's smallest normal number (6e-5) is a common second moment (of gradients under
+  8e-3), which a floor there would change. For float32, bfloat16 and float64, the smallest normal
+  number: XLA:CPU flushes float32 subnormals to zero."""
+  info = jnp.finfo(dtype)
+  return float(info.smallest_subnormal if info.dtype == jnp.float16 else info.tiny)
+
+
 def sq_cap(dtype: DTypeLike, size: int) -> float:
-  """The saturation value of `abs_sq` for a leaf of `size` elements."""
-  return float(jnp.finfo(dtype).max) / (2.0 * max(1, size))
+  """The saturation value of `abs_sq` for a leaf of `size` elements: half the dtype's largest
+  number over `size`, so that sums of the squares over the leaf (the update RMS) and their moving
+  averages stay finite. Not for float16, whose sums accumulate in float32, where no sum of
+  float16 values overflows: half its largest number (the size would cap a float16 statistic of
+  a 512x512 leaf at 0.125, which ordinary gradients exceed)."""
+  info = jnp.finfo(dtype)
+  if info.dtype == jnp.float16:
+    return float(info.max) / 2.0
+  return float(info.max) / (2.0 * max(1, size))
 
 
 def square(x: jax.Array, dtype: DTypeLike) -> jax.Array:
@@ -78,10 +96,10 @@ def square(x: jax.Array, dtype: DTypeLike) -> jax.Array:
 def abs_sq(x: jax.Array, dtype: DTypeLike) -> jax.Array:
   """``|x|**2`` computed in the real dtype `dtype`, saturated so that statistics stay finite.
 
-  A square that would overflow (a gradient near the dtype's maximum) is capped at
-  `sq_cap` ``= finfo(dtype).max / (2 * x.size)``, so that sums and moving averages of the
-  squares over the leaf stay finite too. Ordinary values are far below the cap and are not
-  changed.
+  A square that would overflow (a gradient near the dtype's maximum) is capped at `sq_cap`
+  (``finfo(dtype).max / (2 * x.size)``; float16: ``finfo(dtype).max / 2``), so that sums and
+  moving averages of the squares over the leaf stay finite too. Ordinary values are far below
+  the cap and are not changed.
   """
   return jnp.minimum(square(x, dtype), jnp.asarray(sq_cap(dtype, x.size), dtype))
 
@@ -108,27 +126,35 @@ def factored_second_moment(
   new_row = (beta2 * v_row + (1.0 - beta2) * row_mean_sq).astype(dtype)
   new_col = (beta2 * v_col + (1.0 - beta2) * col_mean_sq).astype(dtype)
   row_mean = jnp.mean(new_row, axis=plan.row_dims_in_row_stat(), keepdims=True)
-  # Floors at the smallest normal number: an underflowing ratio or a zero statistic (eps=0 and
-  # zero gradients) would give inf, and 0 * inf = NaN; a leaf whose row statistics are all zero
-  # would divide 0 by 0 (optax, Keras, PyTorch and transformers give NaN there). Ordinary values
-  # are not changed.
-  tiny = jnp.asarray(jnp.finfo(dtype).tiny, dtype)
+  # Floors at `stat_floor` (the smallest normal number but in float16): an underflowing ratio
+  # or a zero statistic (eps=0 and zero gradients) would give inf, and 0 * inf = NaN; a leaf
+  # whose row statistics are all zero would divide 0 by 0 (optax, Keras, PyTorch and
+  # transformers give NaN there). Ordinary values are not changed.
+  # Float16 factors are computed in float32, with float16's floor: XLA divides by a broadcast
+  # row mean as a product with its reciprocal, which overflows float16 under 1.5e-5, and the two
+  # factors (up to 4096 each) can overflow float16 together. In float32 neither does, and each
+  # factor stays at most 4096: a gradient whose square underflows float16 (under 2.4e-4) gets
+  # a finite float16 update.
+  work = jnp.float32 if dtype == jnp.float16 else dtype
+  tiny = jnp.asarray(stat_floor(dtype), work)
+  row, col, row_mean = new_row.astype(work), new_col.astype(work), row_mean.astype(work)
   if floor is None:
-    row_factor = jnp.maximum(new_row / jnp.maximum(row_mean, tiny), tiny) ** -0.5
-    col_factor = jnp.maximum(new_col, tiny) ** -0.5
+    row_factor = jnp.maximum(row / jnp.maximum(row_mean, tiny), tiny) ** -0.5
+    col_factor = jnp.maximum(col, tiny) ** -0.5
     return new_row, new_col, _times_factors, (jnp.expand_dims(row_factor, plan.col_dims),
                                               jnp.expand_dims(col_factor, plan.row_dims))
+  floor = floor.astype(work)
   # PyTorch's rsqrt(max(row * col / max(row_mean, floor), floor**2)) as the product of a row and
   # a column rsqrt, capped at rsqrt(floor**2): the same in exact arithmetic (rsqrt decreases), a
   # few ulps apart in float32, and no division or rsqrt per element (with the elementwise
   # estimate the step took 1.25x as long on BERT-base and ViT-B/16). A zero statistic gives an
   # infinite rsqrt, which the cap takes down to rsqrt(floor**2) as the clamped estimate does (and
-  # to that of the smallest normal number when floor**2 underflows).
-  col_over_mean = (jnp.expand_dims(new_col, plan.row_dims)
+  # to that of `stat_floor` when floor**2 underflows).
+  col_over_mean = (jnp.expand_dims(col, plan.row_dims)
                    / jnp.expand_dims(jnp.maximum(row_mean, jnp.maximum(floor, tiny)),
                                      plan.col_dims))
   return new_row, new_col, _times_capped_factors, (
-      jnp.expand_dims(jax.lax.rsqrt(new_row), plan.col_dims), jax.lax.rsqrt(col_over_mean),
+      jnp.expand_dims(jax.lax.rsqrt(row), plan.col_dims), jax.lax.rsqrt(col_over_mean),
       jax.lax.rsqrt(jnp.maximum(floor * floor, tiny)))
 
 
@@ -354,7 +380,7 @@ def scale_by_factored_rms(
         new_v = (beta2 * v + one_minus_beta2 * saturate(square(d.value_apart("v"), dtype))
                  ).astype(dtype)
         if dtype not in tinies:  # see factored_second_moment
-          tinies[dtype] = jnp.asarray(jnp.finfo(dtype).tiny, dtype)
+          tinies[dtype] = jnp.asarray(stat_floor(dtype), dtype)
         tiny = tinies[dtype]
         if floor is None and dtype in FLOORED_DTYPES:
           # Stored at least the smallest normal number, the floor that the update applies
@@ -370,7 +396,7 @@ def scale_by_factored_rms(
         out_r.append(None)
         out_c.append(None)
         out_v.append(new_v)
-      work = jnp.result_type(d.dtype, dtype)
+      work = jnp.result_type(d.dtype, dtype, *[f.dtype for f in factors])
       d.then(_in_dtype(scale, work), *factors, reduced=reduced and _in_dtype(reduced, work))
     return ScaleByFactoredRMSState(
         count=optax.safe_increment(state.count),

@@ -10,8 +10,11 @@ rules) are kept by both statistics, and averaged over for the RMS (as optax and 
 Rules:
 
 * ``"largest"`` (optax, t5x, big_vision): the two largest dims, if the smaller of the two is at
-  least ``min_dim_size_to_factor``. Ties keep the earlier dim as the row dim (as optax's
-  ``np.argsort``). The largest dim is averaged away in the row statistic.
+  least ``min_dim_size_to_factor``. Ties keep the earlier dim as the row dim (a stable sort).
+  optax sorts with ``np.argsort``'s default, which NumPy 2 does not keep stable for every shape
+  (``(64, 64, 3, 3)``: the later dim is the row dim there), so that the row and column
+  statistics of such a leaf trade places with the machine; the updates are the same to
+  rounding. The largest dim is averaged away in the row statistic.
 * ``"last"`` (Keras, PyTorch, transformers): the last two dims of any leaf of rank >= 2 whose
   last two sizes are both at least ``min_dim_size_to_factor`` (those libraries use no
   threshold: pass 0). The last dim is averaged away in the row statistic.
