@@ -111,6 +111,19 @@ def test_weight_decay_mask_tree_matches_optax():
   _compare(af.adafactor(**kw), optax.adafactor(**kw), params, "adafactor[wd_mask_tree]")
 
 
+@pytest.mark.parametrize("as_callable", [False, True])
+def test_weight_decay_mask_prefix_matches_optax(as_callable):
+  """A mask whose tree is a prefix of the params' (one bool for a whole subtree), as optax
+  takes it, also from a callable."""
+  params = mixed_tree(0)
+  prefix = {k: k in ("kernel", "nested", "t4") for k in params}  # nested: one bool, 3 leaves
+  mask = (lambda p: prefix) if as_callable else prefix
+  kw = dict(learning_rate=0.01, weight_decay_rate=0.05, weight_decay_mask=mask)
+  _compare(af.adafactor(**kw), optax.adafactor(**kw), params, "adafactor[wd_mask_prefix]")
+  kw = dict(learning_rate=1.0, weight_decay=0.05, weight_decay_mask=mask)
+  _compare(af.adadelta(**kw), optax.adadelta(**kw), params, "adadelta[wd_mask_prefix]")
+
+
 def test_decay_offset_matches_optax_with_restored_counter():
   # optax's decay_offset is only finite once the counter has passed it (a restored run):
   # start both from count=10 with offset 6.

@@ -82,6 +82,26 @@ def test_nonfinite_step_changes_nothing(name):
   assert_trees_close(params, ref_p, 1e-6, 1e-6)
 
 
+def test_skip_nonfinite_of_an_inner_that_changes_dtypes():
+  """An inner transformation whose updates (or state) come out in other dtypes than it got
+  (optax.adafactor's float32 momentum for bfloat16 gradients): a skipped step gives zeros and
+  the old state in those dtypes (was: lax.cond's TypeError on unequal branch types)."""
+  params = {"w": jnp.ones((3, 4), jnp.bfloat16)}
+  tx = af.skip_nonfinite(optax.adafactor(0.01, momentum=0.9))
+  inner = optax.adafactor(0.01, momentum=0.9)
+  state = tx.init(params)
+  updates, state = jax.jit(tx.update)(params, state, params)
+  expected, _ = jax.jit(inner.update)(params, inner.init(params), params)
+  assert updates["w"].dtype == expected["w"].dtype == jnp.float32
+  np.testing.assert_array_equal(updates["w"], expected["w"])
+  bad = {"w": jnp.full((3, 4), jnp.nan, jnp.bfloat16)}
+  skipped, after = jax.jit(tx.update)(bad, state, params)
+  assert int(af.skipped_steps(after)) == 1
+  assert skipped["w"].dtype == jnp.float32 and not bool(jnp.any(skipped["w"]))
+  assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)),
+                                   after.inner_state, state.inner_state))
+
+
 def test_skipped_steps_through_preset_keyword_and_wrappers():
   tx = optax.chain(af.adafactor(0.1, skip_nonfinite=True), optax.identity())
   params = {"w": jnp.ones((4, 4))}

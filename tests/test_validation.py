@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import jax
 import jax.numpy as jnp
 import pytest
 
@@ -274,6 +275,22 @@ def test_weight_decay_mask_tree_mismatch_names_path():
   params = {"w": jnp.ones((3, 4)), "b": jnp.ones(4)}
   with pytest.raises(ValueError, match="'b'.*'c'|'c'.*'b'"):
     tx.update(params, tx.init(params), params)
+
+
+def test_numpy_and_jax_bool_arguments_round_trip_through_config():
+  """Switches and mask leaves given as NumPy or JAX bools (which the factories accept) are
+  serialised as bools."""
+  import numpy as np
+  tx = af.adafactor(0.01, factored=np.bool_(True), weight_decay_rate=0.1,
+                    weight_decay_mask={"w": np.True_, "n": {"x": jnp.asarray(False)}})
+  config = af.get_config(tx)
+  assert config["config"]["factored"] is True
+  assert config["config"]["weight_decay_mask"] == {"w": True, "n": {"x": False}}
+  params = {"w": jnp.ones((3, 4)), "n": {"x": jnp.ones(2)}}
+  again = af.from_config(config)
+  a, _ = tx.update(params, tx.init(params), params)
+  b, _ = again.update(params, again.init(params), params)
+  assert all(bool(jnp.array_equal(x, y)) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
 def test_injected_min_dim_needs_static_args():

@@ -424,12 +424,22 @@ class AddDecayedWeightsState(NamedTuple):
 
 
 def resolve_mask(mask: MaskOrFn, params: Any, treedef: Any, transform: str) -> list[Any]:
-  """The mask's leaves, one per leaf of `treedef` (True everywhere when `mask` is None)."""
+  """The mask's leaves, one per leaf of `treedef` (True everywhere when `mask` is None); a mask
+  whose tree is a prefix of the params' gives each of its leaves to the params under it."""
   if mask is None:
     return [True] * treedef.num_leaves
   m = mask(params) if callable(mask) else mask
-  tree_lib.check_same_tree(transform, m, treedef.unflatten([0] * treedef.num_leaves),
-                           expected_name="the mask", got_name="the params")
+  like = treedef.unflatten([0] * treedef.num_leaves)
+  mask_def = jax.tree.structure(m)
+  if mask_def != treedef:
+    try:  # a prefix of the params' tree (as optax.masked takes): each leaf covers its subtree
+      subtrees = mask_def.flatten_up_to(like)
+    except (ValueError, TypeError):
+      subtrees = None
+    if subtrees is not None:
+      m = mask_def.unflatten([jax.tree.map(lambda _, x=x: x, sub)
+                              for x, sub in zip(jax.tree.leaves(m), subtrees)])
+  tree_lib.check_same_tree(transform, m, like, expected_name="the mask", got_name="the params")
   return treedef.flatten_up_to(m)
 
 

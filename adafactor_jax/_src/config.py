@@ -78,7 +78,7 @@ def _encode(name: str, value: Any) -> Any:
   if isinstance(value, (np.ndarray,)) or hasattr(value, "__jax_array__") or (
       hasattr(value, "shape") and hasattr(value, "dtype") and getattr(value, "ndim", 1) == 0):
     arr = np.asarray(value)
-    if arr.ndim == 0 and np.issubdtype(arr.dtype, np.number):
+    if arr.ndim == 0 and (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
       return arr.item()
   if isinstance(value, (type, np.dtype)) and _is_dtype(value):
     return {_DTYPE_TAG: jnp.dtype(value).name}

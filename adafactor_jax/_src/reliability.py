@@ -74,7 +74,21 @@ def skip_nonfinite(inner: optax.GradientTransformation) -> optax.GradientTransfo
 
     # sanitise the gradients so that the untaken branch sees no NaN either
     safe = jax.tree.map(lambda g: jnp.where(finite, g, jnp.zeros_like(g)), updates)
-    new_updates, inner_state = jax.lax.cond(finite, apply, skip, (safe, state.inner_state))
+    operand = (safe, state.inner_state)
+    try:
+      new_updates, inner_state = jax.lax.cond(finite, apply, skip, operand)
+    except TypeError:
+      # `inner` returns updates (or state) of other dtypes than it was given (optax's momentum
+      # in float32 for bfloat16 gradients): the skipped step gives zeros and the old state in
+      # those dtypes. Traced again only then.
+      out = jax.eval_shape(apply, operand)
+
+      def skip(operand, out=out):
+        u, s = operand
+        return (jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), out[0]),
+                jax.tree.map(lambda x, t: jnp.asarray(x, t.dtype), s, out[1]))
+
+      new_updates, inner_state = jax.lax.cond(finite, apply, skip, operand)
     skipped = state.skipped + jnp.where(finite, 0, 1).astype(jnp.int32)
     return new_updates, SkipNonFiniteState(inner_state=inner_state, skipped=skipped)
 
