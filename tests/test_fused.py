@@ -214,6 +214,41 @@ def test_global_norm_clipping_equals_optax():
     assert_trees_close(ours, ref, 0, 0, "clip_by_global_norm")
 
 
+@pytest.mark.parametrize("scale", [1.0, 1e30])  # 1e30: the squared norm overflows float32
+def test_two_global_norm_clippings_in_one_chain(scale):
+  """Keras's global clipping reduces again inside a lax.cond branch when the squared norm
+  overflows: what that branch traces must not be cached for a later block (a second global
+  clipping failed with an UnexpectedTracerError)."""
+  params = mixed_tree(0, big=False)
+  grads = jax.tree.map(lambda p: scale * p, params)
+  chains = [[kf.clip_by_global_norm(1.0), kf.clip_by_global_norm(0.5)],
+            [kf.clip_by_global_norm(1.0), af.keras_adafactor(0.1, global_clipnorm=0.5)]]
+  for parts in chains:
+    ours, theirs = fused.chain(*parts), optax.chain(*parts)
+    for update in (lambda tx: tx.update, lambda tx: jax.jit(tx.update)):
+      a, _ = update(ours)(grads, ours.init(params), params)
+      b, _ = update(theirs)(grads, theirs.init(params), params)
+      assert_trees_close(a, b, RTOL, ATOL, "two global clippings")
+      assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(a))
+
+
+def test_chain_passes_integer_leaves_that_no_block_touches():
+  """optax.masked in a chain may leave integer leaves alone, as in optax.chain; a block that
+  would update one names it."""
+  params = {"w": jnp.ones((3, 4)), "step": jnp.arange(3)}
+  for inner in (optax.scale(-0.1), af.scale_by_learning_rate(0.1)):
+    blocks = [optax.masked(inner, {"w": True, "step": False})]
+    ours, theirs = fused.chain(*blocks), optax.chain(*blocks)
+    a, _ = ours.update(params, ours.init(params), params)
+    b, _ = theirs.update(params, theirs.init(params), params)
+    assert a["step"].dtype == jnp.int32 and bool(jnp.array_equal(a["step"], b["step"]))
+    np.testing.assert_array_equal(a["w"], b["w"])
+  for tx in (fused.chain(optax.identity(), af.scale_by_learning_rate(0.1)),
+             af.scale_by_learning_rate(0.1)):
+    with pytest.raises(ValueError, match="'step' has dtype int32: gradients must be floating"):
+      tx.update(params, tx.init(params), params)
+
+
 TEMP_PRESETS = {
     "adafactor": lambda: af.adafactor(1e-3),
     "adafactor_momentum_wd": lambda: af.adafactor(1e-3, momentum=0.9, weight_decay_rate=1e-4),

@@ -266,6 +266,11 @@ class Seed:
     self._zeros: dict[str, jax.Array] = {}
     self._offsets: dict[tuple[str, int], tuple[Any, Any]] = {}
 
+  def scratch(self) -> "Seed":
+    """The same zero with empty caches: for computations traced inside a ``lax.cond`` branch,
+    whose values must not be cached for use outside it."""
+    return Seed(self.value)
+
   def zero(self, purpose: str) -> jax.Array:
     if purpose not in self._zeros:
       self._zeros[purpose] = self.value * _PURPOSES[purpose]
@@ -491,15 +496,26 @@ class Context:
   def __init__(self, updates: Any, extra_args: dict):
     flat, self.treedef = tree_util.tree_flatten_with_path(updates)
     self.paths = [tree_lib.path_str(p) for p, _ in flat]
-    for path, (_, x) in zip(self.paths, flat):
-      dtype = jnp.result_type(x)
-      if not jnp.issubdtype(dtype, jnp.inexact):
-        raise ValueError(
-            f"the update {path!r} has dtype {dtype}: gradients must be floating (or complex); "
-            "leave integer leaves out of the optimizer (optax.masked, optax.multi_transform).")
+    self.updates_are(x for _, x in flat)
     self.extra_args = extra_args
     self.link = Link()
     self._shared: Optional[Seed] = None
+
+  def updates_are(self, leaves: Any) -> None:
+    """Notes the updates' leaves that are not floating (integer or bool): a block would truncate
+    their update (`check_floating`), an optax transformation in a chain may leave them alone
+    (optax.masked)."""
+    self._not_floating = [(path, jnp.result_type(x)) for path, x in zip(self.paths, leaves)
+                          if not jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+
+  def check_floating(self) -> None:
+    """Raises `ValueError` naming the first update that is not floating: a block's update of an
+    integer leaf would be truncated to zero."""
+    if self._not_floating:
+      path, dtype = self._not_floating[0]
+      raise ValueError(
+          f"the update {path!r} has dtype {dtype}: gradients must be floating (or complex); "
+          "leave integer leaves out of the optimizer (optax.masked, optax.multi_transform).")
 
   def seed(self, d: Deferred) -> None:
     """Gives leaf `d` its zero (`seed_from`) if it has none yet, for a block that reduces the
@@ -531,9 +547,12 @@ def transformation(init_fn: Callable[[Any], Any],
 
 
 def _run(kernel: Kernel, init_fn: Callable[[Any], Any], updates: Any, state: Any, params: Any,
-         extra_args: dict) -> tuple:
-  """A kernel's update on concrete updates: deferred leaves in, computed updates out."""
+         extra_args: dict, *, block: bool = True) -> tuple:
+  """A kernel's update on concrete updates: deferred leaves in, computed updates out. A `block`
+  needs floating updates; a chain checks them before each block it runs (`run_inner`)."""
   ctx = Context(updates, extra_args)
+  if block:
+    ctx.check_floating()
   leaves = [Deferred(x) for x in ctx.treedef.flatten_up_to(updates)]
   try:
     new_state = kernel(leaves, state, params, ctx)
@@ -560,9 +579,12 @@ def run_inner(transform: optax.GradientTransformationExtraArgs, kernel: Optional
   its new state. A transformation without a kernel, or any when fusion is `disabled`, runs on
   the updates computed so far, as in ``optax.chain``."""
   if kernel is not None and _ENABLED[-1]:
+    ctx.check_floating()
     return kernel(leaves, state, params, ctx)
   updates, state = transform.update(ctx.finish(leaves), state, params, **ctx.extra_args)
-  leaves[:] = [Deferred(x) for x in ctx.treedef.flatten_up_to(updates)]
+  flat = ctx.treedef.flatten_up_to(updates)
+  leaves[:] = [Deferred(x) for x in flat]
+  ctx.updates_are(flat)
   return state
 
 
@@ -620,7 +642,7 @@ def chain(*transforms: optax.GradientTransformation) -> optax.GradientTransforma
   def update_fn(updates, state, params=None, **extra_args):
     if not _ENABLED[-1]:
       return base.update(updates, state, params, **extra_args)
-    return _run(kernel, base.init, updates, state, params, extra_args)
+    return _run(kernel, base.init, updates, state, params, extra_args, block=False)
 
   update_fn.fused = kernel
   return optax.GradientTransformationExtraArgs(base.init, update_fn)
