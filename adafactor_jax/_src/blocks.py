@@ -430,15 +430,10 @@ def resolve_mask(mask: MaskOrFn, params: Any, treedef: Any, transform: str) -> l
     return [True] * treedef.num_leaves
   m = mask(params) if callable(mask) else mask
   like = treedef.unflatten([0] * treedef.num_leaves)
-  mask_def = jax.tree.structure(m)
-  if mask_def != treedef:
-    try:  # a prefix of the params' tree (as optax.masked takes): each leaf covers its subtree
-      subtrees = mask_def.flatten_up_to(like)
-    except (ValueError, TypeError):
-      subtrees = None
-    if subtrees is not None:
-      m = mask_def.unflatten([jax.tree.map(lambda _, x=x: x, sub)
-                              for x, sub in zip(jax.tree.leaves(m), subtrees)])
+  try:  # a prefix of the params' tree (as optax.masked takes): each leaf covers its subtree
+    m = jax.tree.map(lambda x, sub: jax.tree.map(lambda _: x, sub), m, like)
+  except (ValueError, TypeError):
+    pass  # not a prefix: named by the check below
   tree_lib.check_same_tree(transform, m, like, expected_name="the mask", got_name="the params")
   return treedef.flatten_up_to(m)
 

@@ -728,24 +728,16 @@ def finalize_variable_values(params: optax.Params, opt_state: Any) -> optax.Para
   states = _find_states(opt_state, EmaParamsState)
   if not states:
     return params
-  name = "finalize_variable_values"
   masked = lambda x: isinstance(x, optax.MaskedNode)
-  treedef, paths = None, tree_lib.leaf_paths(params)
-  out: list[Any] = []
-  done: list[bool] = []
+  out, treedef = jax.tree.flatten(params)
+  done = [False] * len(out)
   for state in states:  # several under optax.multi_transform, each for its own leaves
-    treedef = tree_lib.check_same_tree(name, state.ema, params, expected_name="the EMA",
-                                       got_name="the params", expected_is_leaf=masked)
-    if not out:
-      out, done = treedef.flatten_up_to(params), [False] * len(paths)
+    tree_lib.check_same_tree("finalize_variable_values", state.ema, params,
+                             expected_name="the EMA", got_name="the params",
+                             expected_is_leaf=masked, same_shapes=True)
     started = state.count > 0
     for i, a in enumerate(jax.tree.leaves(state.ema, is_leaf=masked)):
-      if done[i] or masked(a):  # (optax.masked: a leaf this EMA does not average)
-        continue
-      p = out[i]
-      if np.shape(a) != np.shape(p):
-        raise ValueError(f"{name}: the leaf {paths[i]!r} has shape {np.shape(p)} in the params "
-                         f"but {np.shape(a)} in the EMA.")
-      out[i], done[i] = jnp.where(started, a.astype(jnp.asarray(p).dtype), p), True
+      if not done[i] and not masked(a):  # (optax.masked: a leaf this EMA does not average)
+        out[i], done[i] = jnp.where(started, a.astype(jnp.asarray(out[i]).dtype), out[i]), True
   return treedef.unflatten(out)
 
