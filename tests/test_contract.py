@@ -9,9 +9,11 @@ import optax
 import pytest
 from helpers import assert_trees_close
 from presets import INJECTABLE
+from presets import OPTIONS
 from presets import PRESETS
 
 NAMES = sorted(PRESETS)
+OPTION_NAMES = sorted(OPTIONS)
 
 
 def params_of(dtype):
@@ -27,6 +29,13 @@ def grads_like(params, seed=1):
 
 def spec(tree):
   return jax.tree.structure(tree), [(x.shape, x.dtype) for x in jax.tree.leaves(tree)]
+
+
+def types(tree):
+  """The tree's structure and the `jax.typeof` of each leaf with its key path: shape, dtype,
+  weak type and (on a mesh of Explicit axes) sharding."""
+  flat, treedef = jax.tree_util.tree_flatten_with_path(tree)
+  return treedef, [(jax.tree_util.keystr(path), jax.typeof(x)) for path, x in flat]
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -50,6 +59,72 @@ def test_shapes_dtypes_finite_and_stable_structure(name, dtype):
   assert update._cache_size() == 1
 
 
+@pytest.mark.parametrize("name", OPTION_NAMES)
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_state_types_equal_after_init_and_update(name, dtype):
+  """The contract: the `jax.typeof` of every state leaf is the same after `init` (eager and
+  jitted) and after `update` (eager and jitted), so that a step compiles once and the state is a
+  `lax.cond`/`lax.scan` operand. (On meshes of Explicit and Auto axes: state_types_check.py.)"""
+  tx = OPTIONS[name](0.01)
+  params = params_of(dtype)
+  eager = tx.init(params)
+  expected = types(eager)
+  assert types(jax.jit(tx.init)(params)) == expected
+  for update in (tx.update, jax.jit(tx.update)):
+    state = eager
+    for i in range(2):  # (accumulation: a call that updates and one that does not)
+      _, state = update(grads_like(params, i), state, params)
+      assert types(state) == expected
+
+
+@pytest.mark.parametrize("name", OPTION_NAMES)
+def test_state_is_a_scan_carry_and_a_cond_operand(name):
+  """Three steps under `lax.scan` (the state in the carry, each step inside a `lax.cond`) equal
+  three jitted steps, and the state's types are those of `init`."""
+  tx = OPTIONS[name](0.01)
+  params = params_of(jnp.float32)
+  grads = [grads_like(params, i) for i in range(3)]
+
+  def step(carry, g):
+    p, s = carry
+    u, s = tx.update(g, s, p)
+    return (optax.apply_updates(p, u), s), None
+
+  def guarded(carry, g):  # the step, or nothing on a non-finite gradient (never here)
+    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(g)]))
+    return jax.lax.cond(finite, lambda c: step(c, g)[0], lambda c: c, carry), None
+
+  stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *grads)
+  start = (params, tx.init(params))
+  (p_scan, s_scan), _ = jax.jit(lambda c, gs: jax.lax.scan(guarded, c, gs))(start, stacked)
+  carry, jstep = start, jax.jit(step)
+  for g in grads:
+    carry, _ = jstep(carry, g)
+  assert types(s_scan) == types(start[1])
+  # Another compilation of the same arithmetic (inside a while loop): XLA may fuse and reduce
+  # in another order, a few float32 ulps per step.
+  assert_trees_close(p_scan, carry[0], 1e-6, 1e-6, name)
+
+
+@pytest.mark.parametrize("name", OPTION_NAMES)
+def test_optax_tree_map_params(name):
+  """``optax.tree.map_params`` (how sharded or offloaded states are built from the params'
+  layout) works on every state: the identity changes nothing, and a function reaches exactly the
+  subtrees shaped like the params (optax's rule), never the counters."""
+  tx = OPTIONS[name](0.01)
+  params = params_of(jnp.float32)
+  state = tx.init(params)
+  same = optax.tree.map_params(tx, lambda v: v, state)
+  assert types(same) == types(state)
+  marked = optax.tree.map_params(tx, lambda v: "param", state,
+                                 transform_non_params=lambda v: "other")
+  assert jax.tree.structure(marked) == jax.tree.structure(jax.tree.map(lambda _: 0, state))
+  labels = dict(zip(types(state)[1], jax.tree.leaves(marked)))
+  for (path, aval), label in labels.items():
+    if path.endswith(".count") or path.endswith(".skipped"):
+      assert label == "other", path
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_state_stable_across_lax_cond(name):
   tx = PRESETS[name](0.01)
@@ -62,8 +137,8 @@ def test_state_stable_across_lax_cond(name):
                         lambda s: s, state)
 
   new = step(True, state)
-  assert spec(new) == spec(state)
-  assert spec(step(False, new)) == spec(state)
+  assert types(new) == types(state)
+  assert types(step(False, new)) == types(state)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -80,23 +155,31 @@ def test_multisteps_zeros_on_non_boundary_steps(name):
 
 
 @pytest.mark.parametrize("name", sorted(INJECTABLE))
-def test_inject_hyperparams_same_numbers(name):
+def test_inject_hyperparams_same_state_and_numbers(name):
+  """``optax.inject_hyperparams(preset)`` has the plain preset's inner state (structure and
+  types, after init and after each update) and its numbers."""
   factory, injected, static = INJECTABLE[name]
   plain = factory(**injected, **static)
   inj = optax.inject_hyperparams(factory, static_args=tuple(static))(**injected, **static)
   params = params_of(jnp.float32)
   s1, s2 = plain.init(params), inj.init(params)
+  assert types(s2.inner_state) == types(s1)
+  assert types(jax.jit(inj.init)(params).inner_state) == types(s1)
   for i in range(4):
     g = grads_like(params, i)
     u1, s1 = jax.jit(plain.update)(g, s1, params)
     u2, s2 = jax.jit(inj.update)(g, s2, params)
     assert_trees_close(u1, u2, 1e-6, 1e-7, name)
+    assert types(s2.inner_state) == types(s1)
+    assert_trees_close(s2.inner_state, s1, 1e-6, 1e-7, name)
   assert set(injected) <= set(s2.hyperparams)
-  # change the injected learning rate: the update scales with it
-  lr_key = "learning_rate"
-  s3 = s2._replace(hyperparams={**s2.hyperparams, lr_key: jnp.asarray(0.0)})
-  u3, _ = inj.update(grads_like(params), s3, params)
-  assert all(bool(jnp.all(u == 0)) for u in jax.tree.leaves(u3))
+  # an injected learning rate changed between steps is the one the update uses
+  lr_key = "lr" if "lr" in injected else "learning_rate"
+  s3 = s2._replace(hyperparams={**s2.hyperparams, lr_key: jnp.asarray(0.002)})
+  u3, _ = jax.jit(inj.update)(grads_like(params, 9), s3, params)
+  other = factory(**{**injected, lr_key: 0.002}, **static)
+  u4, _ = jax.jit(other.update)(grads_like(params, 9), s1, params)
+  assert_trees_close(u3, u4, 1e-6, 1e-7, name)
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -13,6 +13,7 @@ from jax.typing import ArrayLike
 from jax.typing import DTypeLike
 
 from adafactor_jax._src import fused
+from adafactor_jax._src import layout
 from adafactor_jax._src import tree as tree_lib
 from adafactor_jax._src import validation
 from adafactor_jax._src.factored import abs_sq
@@ -64,7 +65,7 @@ def scale_by_adadelta(
   name = "scale_by_adadelta"
 
   def init_fn(params):
-    zeros = lambda p: jnp.zeros(p.shape, stats_dtype_for(p.dtype, stats_dtype))
+    zeros = lambda p: layout.zeros(p, stats_dtype_for(p.dtype, stats_dtype))
     return ScaleByAdadeltaState(e_g=jax.tree.map(zeros, params), e_x=jax.tree.map(zeros, params))
 
   def kernel(leaves, state, params, ctx):

@@ -24,6 +24,7 @@ from jax.typing import DTypeLike
 
 from adafactor_jax._src import factoring
 from adafactor_jax._src import fused
+from adafactor_jax._src import layout
 from adafactor_jax._src import tree as tree_lib
 from adafactor_jax._src import validation
 
@@ -396,7 +397,7 @@ def scale_by_momentum(
 
   def init_fn(params):
     return ScaleByMomentumState(mu=jax.tree.map(
-        lambda p: jnp.zeros(p.shape, buffer_dtype(accumulator_dtype, p.dtype)), params))
+        lambda p: layout.zeros(p, buffer_dtype(accumulator_dtype, p.dtype)), params))
 
   def average(u, m):
     return (1.0 - decay) * u + decay * m
@@ -420,7 +421,9 @@ def scale_by_momentum(
 
 
 class AddDecayedWeightsState(NamedTuple):
-  count: Any  # int32 scalar when weight_decay is a schedule, else None.
+  """State of `add_decayed_weights`."""
+
+  count: jax.Array  # int32 scalar: number of updates (the schedule's step, if any).
 
 
 def resolve_mask(mask: MaskOrFn, params: Any, treedef: Any, transform: str) -> list[Any]:
@@ -492,12 +495,18 @@ def add_decayed_weights(
   check_mask("mask", mask)
   name = "add_decayed_weights"
   scheduled = callable(weight_decay)
+  # A concrete 0 adds nothing (and needs no params). The state is the same whatever the rate, so
+  # that a rate injected with optax.inject_hyperparams (an array) gives the plain state.
+  off = validation.is_zero(weight_decay)
 
   def init_fn(params):
     del params
-    return AddDecayedWeightsState(count=jnp.zeros([], jnp.int32) if scheduled else None)
+    return AddDecayedWeightsState(count=jnp.zeros([], jnp.int32))
 
   def kernel(leaves, state, params, ctx):
+    count = optax.safe_increment(state.count)
+    if off:
+      return AddDecayedWeightsState(count=count)
     tree_lib.require_params(name, params, "weight decay adds a multiple of the params")
     treedef = tree_lib.check_same_tree(name, params, ctx.like(leaves), expected_name="the params",
                                        same_shapes=True)
@@ -515,7 +524,6 @@ def add_decayed_weights(
         d.then(_decay_where, p, rate, m)
       elif m:
         d.then(_decay, p, rate)
-    count = optax.safe_increment(state.count) if scheduled else None
     return AddDecayedWeightsState(count=count)
 
   return fused.transformation(init_fn, kernel)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 from typing import Any
@@ -18,6 +17,7 @@ from jax.typing import DTypeLike
 
 from adafactor_jax._src import factoring
 from adafactor_jax._src import fused
+from adafactor_jax._src import layout
 from adafactor_jax._src import tree as tree_lib
 from adafactor_jax._src import validation
 
@@ -26,18 +26,6 @@ def decay_rate_pow(step: ArrayLike, decay_rate: ArrayLike = 0.8) -> jax.Array:
   """Adafactor's second-moment decay schedule: ``1 - (step + 1) ** -decay_rate`` in float32."""
   t = jnp.asarray(step + 1, jnp.float32)
   return 1.0 - t ** (-jnp.asarray(decay_rate, jnp.float32))
-
-
-@jax.tree_util.register_static
-@dataclasses.dataclass(frozen=True)
-class FactorPlans:
-  """Each leaf's `factoring.LeafPlan`, in flattening order: static data, no arrays.
-
-  Kept in the state's tree structure (not its leaves) so that `state_shardings` can tell which
-  dims of a parameter each statistic keeps; jit, checkpoints and tree maps never see it.
-  """
-
-  plans: tuple
 
 
 class ScaleByFactoredRMSState(NamedTuple):
@@ -52,7 +40,6 @@ class ScaleByFactoredRMSState(NamedTuple):
   v_col: Any  # per factored leaf: EMA of mean(g**2) over the row dims (shape without row dims).
   v: Any  # per unfactored leaf: EMA of g**2, the leaf's shape (at least the smallest normal
   # number in float32, bfloat16 and float64).
-  plans: Any = None  # FactorPlans: static, no arrays (which dims each statistic keeps).
 
 
 # The dtypes of unfactored statistics stored at least the smallest normal number (see
@@ -307,26 +294,26 @@ def scale_by_factored_rms(
   name = "scale_by_factored_rms"
 
   def init_fn(params):
-    v_row, v_col, v, plans = [], [], [], []
+    v_row, v_col, v = [], [], []
     leaves, treedef = tree_lib.flatten_params(params)
     for path, p in leaves:
       plan = rules.plan(path, p.shape)
-      plans.append(plan)
       dtype = stats_dtype_for(p.dtype, stats_dtype)
       if plan.factored:
-        v_row.append(jnp.zeros(plan.row_shape(p.shape), dtype))
-        v_col.append(jnp.zeros(plan.col_shape(p.shape), dtype))
+        # Each statistic keeps the param's mesh axes on the dims it keeps (see `layout`).
+        dims = range(len(p.shape))
+        v_row.append(layout.zeros(p, dtype, keep=[i for i in dims if i not in plan.col_dims]))
+        v_col.append(layout.zeros(p, dtype, keep=[i for i in dims if i not in plan.row_dims]))
         v.append(None)
       else:
         v_row.append(None)
         v_col.append(None)
-        v.append(jnp.zeros(p.shape, dtype))
+        v.append(layout.zeros(p, dtype))
     return ScaleByFactoredRMSState(
         count=jnp.zeros([], jnp.int32),
         v_row=treedef.unflatten(v_row),
         v_col=treedef.unflatten(v_col),
-        v=treedef.unflatten(v),
-        plans=FactorPlans(tuple(plans)))
+        v=treedef.unflatten(v))
 
   def kernel(leaves, state, params, ctx):
     del params
@@ -402,7 +389,6 @@ def scale_by_factored_rms(
         count=optax.safe_increment(state.count),
         v_row=treedef.unflatten(out_r),
         v_col=treedef.unflatten(out_c),
-        v=treedef.unflatten(out_v),
-        plans=state.plans)
+        v=treedef.unflatten(out_v))
 
   return fused.transformation(init_fn, kernel)

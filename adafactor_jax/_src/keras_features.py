@@ -34,6 +34,7 @@ from jax.typing import DTypeLike
 
 from adafactor_jax._src import blocks
 from adafactor_jax._src import fused
+from adafactor_jax._src import layout
 from adafactor_jax._src import tree as tree_lib
 from adafactor_jax._src import validation
 from adafactor_jax._src.factored import square
@@ -534,7 +535,7 @@ def accumulate_gradients(
 
   def init_fn(params):
     acc = jax.tree.map(
-        lambda p: jnp.zeros(p.shape, blocks.buffer_dtype(accumulator_dtype, p.dtype)), params)
+        lambda p: layout.zeros(p, blocks.buffer_dtype(accumulator_dtype, p.dtype)), params)
     return AccumulateGradientsState(count=jnp.zeros([], jnp.int32), acc=acc,
                                     inner_state=inner.init(params))
 
@@ -660,7 +661,7 @@ def ema_params(
   def init_fn(params):
     return EmaParamsState(count=jnp.zeros([], jnp.int32),
                           ema=jax.tree.map(
-                              lambda p: jnp.zeros(p.shape, blocks.buffer_dtype(dtype, p.dtype)),
+                              lambda p: layout.zeros(p, blocks.buffer_dtype(dtype, p.dtype)),
                               params))
 
   def kernel(leaves, state, params, ctx):

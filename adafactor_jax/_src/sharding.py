@@ -1,22 +1,24 @@
 """`state_shardings`: the sharding of every optimizer-state leaf, derived from the params'.
 
 How it is derived: the state is built abstractly (`jax.eval_shape` of ``tx.init``, nothing is
-allocated) and walked from the root.
+allocated) from params whose types carry their mesh axes (the params' mesh, with its axes made
+Explicit), so that each leaf's sharding is the one ``init`` itself gives it on such a mesh (see
+`layout`):
 
-* The factored statistics (`ScaleByFactoredRMSState`) carry each leaf's factoring plan in their
-  static tree structure: the row statistic keeps every dim of the parameter but the col dims,
-  and takes the parameter's mesh axes on exactly the dims it keeps; likewise the column
-  statistic. So a statistic is never replicated along a dim that is sharded in the parameter,
-  and the step reduces the sharded dims with small all-reduces instead of gathering.
-* Any other subtree whose leaves sit at the params' key paths with the params' shapes (second
-  moments, momentum, EMA and accumulation buffers, also inside `optax.masked`,
-  `optax.MultiSteps`, `optax.inject_hyperparams`) is sharded exactly like the params.
-* Everything else (step counters, injected hyperparameters) is replicated.
+* the row and column statistics of a factored leaf keep the parameter's mesh axes on exactly the
+  dims they keep, so a statistic is never replicated along a dim that is sharded in the
+  parameter, and the step reduces the sharded dims with small all-reduces instead of gathering;
+* full-size buffers (second moments, momentum, EMA and accumulation buffers, also inside
+  `optax.masked`, `optax.MultiSteps`, `optax.inject_hyperparams`) are sharded like their param;
+  so is any subtree whose leaves sit at the params' key paths with the params' shapes (a
+  transformation from elsewhere whose ``init`` makes plain zeros);
+* everything else (step counters, injected hyperparameters) is replicated.
 """
 
 from __future__ import annotations
 
 from typing import Any
+from typing import Optional
 
 import jax
 from jax import tree_util
@@ -25,13 +27,6 @@ from jax.sharding import PartitionSpec
 
 from adafactor_jax._src import tree as tree_lib
 from adafactor_jax._src import validation
-from adafactor_jax._src.factored import ScaleByFactoredRMSState
-from adafactor_jax._src.factored import stats_tree
-
-
-def _full_spec(sharding: NamedSharding, ndim: int) -> tuple:
-  spec = tuple(sharding.spec)
-  return spec + (None,) * (ndim - len(spec))
 
 
 def _leaves_with_paths(node: Any) -> list[tuple[str, Any]]:
@@ -85,49 +80,50 @@ def state_shardings(tx: Any, params: Any) -> Any:
   if mesh is None:
     return jax.eval_shape(tx.init, params)
   replicated = NamedSharding(mesh, PartitionSpec())
-  abstract = jax.tree.map(lambda p: jax.ShapeDtypeStruct(p.shape, p.dtype), params)
-  state = jax.eval_shape(tx.init, abstract)
+  state = _typed_init(tx, params, mesh)
 
   def like_params(node: Any) -> bool:
     leaves = _leaves_with_paths(node)
     return bool(leaves) and all(
         path in by_path and tuple(x.shape) == by_path[path][0] for path, x in leaves)
 
-  def factored(node: ScaleByFactoredRMSState) -> ScaleByFactoredRMSState:
-    plans = node.plans.plans
-    merged = stats_tree(node)
-    treedef = jax.tree.structure(merged)
-    paths = [tree_lib.path_str(p) for p, _ in tree_util.tree_flatten_with_path(merged)[0]]
-    rows, cols, vs = [], [], []
-    for path, plan, r, v in zip(paths, plans, treedef.flatten_up_to(node.v_row),
-                                treedef.flatten_up_to(node.v)):
-      shape, sharding = by_path[path]
-      spec = _full_spec(sharding, len(shape))
-      if r is not None:
-        rows.append(NamedSharding(sharding.mesh, PartitionSpec(
-            *[a for i, a in enumerate(spec) if i not in plan.col_dims])))
-        cols.append(NamedSharding(sharding.mesh, PartitionSpec(
-            *[a for i, a in enumerate(spec) if i not in plan.row_dims])))
-        vs.append(None)
-      else:
-        rows.append(None)
-        cols.append(None)
-        vs.append(sharding if v is not None else None)
-    return ScaleByFactoredRMSState(
-        count=replicated, v_row=treedef.unflatten(rows), v_col=treedef.unflatten(cols),
-        v=treedef.unflatten(vs), plans=node.plans)
+  def typed(x: jax.ShapeDtypeStruct) -> Optional[NamedSharding]:
+    """The leaf's sharding as ``init`` typed it, on the params' mesh (None: replicated)."""
+    sharding = getattr(x, "sharding", None)
+    if isinstance(sharding, NamedSharding) and any(a is not None for a in sharding.spec):
+      return NamedSharding(mesh, sharding.spec)
+    return None
 
   def assign(node: Any) -> Any:
     if node is None:
       return None
-    if isinstance(node, ScaleByFactoredRMSState):
-      return factored(node)
     if like_params(node):  # before the leaf test: a single bare param has the key path ''
       return tree_util.tree_map_with_path(
-          lambda p, x: by_path[tree_lib.path_str(p)][1], node)
+          lambda p, x: typed(x) or by_path[tree_lib.path_str(p)][1], node)
     if isinstance(node, jax.ShapeDtypeStruct):
-      return replicated
+      return typed(node) or replicated
     children, treedef = tree_util.tree_flatten(node, is_leaf=lambda x: x is not node)
     return treedef.unflatten([assign(c) for c in children])
 
   return assign(state)
+
+
+def _typed_init(tx: Any, params: Any, mesh: Any) -> Any:
+  """``jax.eval_shape(tx.init, params)`` with the params' mesh axes in their types (the mesh's
+  axes made Explicit), so that each leaf of the state carries the sharding ``init`` gives it.
+
+  Without such types (a JAX without sharding in types, params on several meshes, or an
+  ``init`` that cannot be traced with them) the leaves carry none: full-size buffers are then
+  still found by their key paths and shapes (`state_shardings`), the statistics are replicated.
+  """
+  plain = jax.tree.map(lambda p: jax.ShapeDtypeStruct(p.shape, p.dtype), params)
+  try:
+    explicit = jax.sharding.AbstractMesh(
+        tuple(mesh.axis_sizes), tuple(mesh.axis_names),
+        axis_types=(jax.sharding.AxisType.Explicit,) * len(mesh.axis_names))
+    typed = jax.tree.map(lambda p: jax.ShapeDtypeStruct(
+        p.shape, p.dtype, sharding=NamedSharding(explicit, p.sharding.spec)), params)
+    with jax.sharding.use_abstract_mesh(explicit):
+      return jax.eval_shape(tx.init, typed)
+  except Exception:  # noqa: BLE001 - see the docstring: the state without sharded types
+    return jax.eval_shape(tx.init, plain)

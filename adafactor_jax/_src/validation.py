@@ -60,6 +60,16 @@ def check_number(
     raise ValueError(f"{name}={value!r} is out of range: it must be a finite number in {interval}.")
 
 
+def is_zero(value: Any) -> bool:
+  """True for a concrete number 0 (never for a schedule or a traced value)."""
+  if callable(value) or isinstance(value, jax.core.Tracer) or isinstance(value, bool):
+    return False
+  try:
+    return float(value) == 0.0
+  except (TypeError, ValueError):
+    return False
+
+
 def check_scalar_or_schedule(name: str, value: Any, **ranges: Any) -> None:
   """Like `check_number`, but a callable schedule is accepted as it is."""
   if callable(value):

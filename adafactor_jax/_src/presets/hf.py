@@ -14,7 +14,6 @@ from adafactor_jax._src import fused
 from adafactor_jax._src import validation
 from adafactor_jax._src.config import preset
 from adafactor_jax._src.factored import scale_by_factored_rms
-from adafactor_jax._src.presets.torch import _is_zero
 
 
 @preset
@@ -138,9 +137,12 @@ def hf_adafactor(
     tx.append(blocks.scale_by_param_block_rms(eps2))
   if beta1 is not None:
     tx.append(blocks.scale_by_momentum(beta1, accumulator_dtype=jnp.float32))
-  if not _is_zero(weight_decay):
+  # Always a block (a concrete 0 adds nothing): see `torch_adafactor`.
+  if validation.is_zero(weight_decay):
+    decay = 0.0
+  else:
     decay = (lambda count: rho(count) * weight_decay) if callable(rho) else rho * weight_decay
-    tx.append(blocks.add_decayed_weights(
-        decay, param_scale_min=eps2 if scale_parameter else None))
+  tx.append(blocks.add_decayed_weights(
+      decay, param_scale_min=eps2 if scale_parameter else None))
   tx.append(blocks.scale_by_learning_rate(1.0))  # descent: flip the sign
   return fused.chain(*tx)

@@ -278,10 +278,9 @@ def adadelta(
     validation.check_scalar_or_schedule("learning_rate", learning_rate, low=0.0)
   validation.check_number("weight_decay", weight_decay, low=0.0)
   blocks.check_mask("weight_decay_mask", weight_decay_mask)
-  tx: list[Any] = []
-  if weight_decay_mask is not None or not (
-      isinstance(weight_decay, (int, float)) and weight_decay == 0):
-    tx.append(blocks.add_decayed_weights(weight_decay, weight_decay_mask))
-  tx.append(scale_by_adadelta(rho, eps, stats_dtype=stats_dtype))
-  tx.append(blocks.scale_by_learning_rate(1.0 if learning_rate is None else learning_rate))
-  return fused.chain(*tx)
+  # Always a decay block, as optax (a concrete 0 adds nothing): the state's structure does not
+  # depend on the rate's value, which optax.inject_hyperparams injects as an array.
+  return fused.chain(
+      blocks.add_decayed_weights(weight_decay, weight_decay_mask),
+      scale_by_adadelta(rho, eps, stats_dtype=stats_dtype),
+      blocks.scale_by_learning_rate(1.0 if learning_rate is None else learning_rate))

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 from typing import Optional
 
-import jax
 import jax.numpy as jnp
 import optax
 from jax.typing import ArrayLike
@@ -16,11 +15,6 @@ from adafactor_jax._src import fused
 from adafactor_jax._src import validation
 from adafactor_jax._src.config import preset
 from adafactor_jax._src.factored import scale_by_factored_rms
-
-
-def _is_zero(x: Any) -> bool:
-  """True for a concrete 0 (a traced or scheduled value is never treated as 0)."""
-  return not callable(x) and not isinstance(x, jax.core.Tracer) and float(x) == 0.0
 
 
 @preset
@@ -125,8 +119,12 @@ def torch_adafactor(
       blocks.scale_by_learning_rate(blocks.relative_step_size(lr), flip_sign=False),
       blocks.scale_by_param_block_rms(eps2),
   ]
-  if not _is_zero(weight_decay):
+  # Always a block (a concrete 0 adds nothing), so that the state's structure does not depend
+  # on the rate's value (optax.inject_hyperparams injects it as an array).
+  if validation.is_zero(weight_decay):
+    decay = 0.0
+  else:
     decay = (lambda count: lr(count) * weight_decay) if callable(lr) else lr * weight_decay
-    tx.append(blocks.add_decayed_weights(decay))
+  tx.append(blocks.add_decayed_weights(decay))
   tx.append(blocks.scale_by_learning_rate(1.0))  # descent: flip the sign
   return fused.chain(*tx)
