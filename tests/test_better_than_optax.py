@@ -177,6 +177,7 @@ def test_adadelta_default_learning_rate_descends():
   assert theirs == pytest.approx(16.44, abs=0.01)  # optax ascends (REFERENCE.md 4, optax 1)
 
 
+@pytest.mark.references  # optax's alias_test imports scikit-learn
 def test_adadelta_default_learning_rate_passes_the_check_optax_skips():
   """optax's alias test skips its convergence check for ``adadelta()`` ("needs a non-None
   learning rate": optax's ascends; see test_optax_conformance.py). On that test's own target

@@ -64,6 +64,7 @@ def block_by_block(tx, params, steps, seed=1):
     return trajectory(tx, params, steps, seed)
 
 
+@pytest.mark.hlo
 def test_disabled_runs_blocks_one_by_one():
   """The reference is really the unfused chain: the compiled step materialises the update (a
   full-size temporary) only when fusion is off."""
@@ -139,6 +140,7 @@ def _rsqrt_inputs_of_reductions(jaxpr) -> list[str]:
   return found
 
 
+@pytest.mark.hlo
 def test_unfactored_update_rms_reduces_without_a_max():
   """An unfactored statistic is stored at least the smallest normal number (the floor that the
   update applies anyway), so the update RMS reduces ``g * rsqrt(v)`` without the max of the
@@ -278,6 +280,7 @@ TEMP_PRESETS = {
 }
 
 
+@pytest.mark.hlo
 @pytest.mark.parametrize("name", list(TEMP_PRESETS))
 def test_no_full_size_temporaries(name):
   """The compiled step (donated params and state) needs at most 10% of the parameter bytes as
@@ -301,6 +304,7 @@ def test_no_full_size_temporaries(name):
     # 252% before the EMA read the update apart
     lambda: af.keras_adadelta(1.0, use_ema=True, ema_overwrite_frequency=3)],
     ids=["adadelta", "keras_adadelta", "keras_adadelta_ema_overwrite"])
+@pytest.mark.hlo
 def test_adadelta_stores_no_update(factory):
   """Adadelta has no reduction; its update (a division) is computed for the new E[delta**2]
   and again in the final pass instead of stored (200% before). What remains is XLA's copy of
@@ -310,6 +314,7 @@ def test_adadelta_stores_no_update(factory):
   assert fraction <= 1.02, f"temporaries are {fraction:.1%} of the parameter bytes"
 
 
+@pytest.mark.hlo
 def test_gradient_accumulation_stores_only_the_update():
   """With Keras's gradient accumulation the update comes out of a `lax.cond` (the inner step
   runs on update steps only), and a cond's output is a buffer of its own: that one update is
@@ -362,6 +367,7 @@ HALF_TREES = {
 @pytest.mark.parametrize("dtype,name", [
     (dtype, name) for name in HALF_TREES for dtype in (jnp.bfloat16, jnp.float16)
     if not (name.startswith("keras_") and dtype == jnp.float16)])
+@pytest.mark.hlo
 def test_half_precision_reductions_leave_no_full_size_temporaries(dtype, name, monkeypatch):
   """XLA:CPU reduces float32 only: each reduction of a half-precision leaf reads a stored
   float32 copy of it. In blocks chained one after the other (`fused.Link`), the copies of a few
@@ -382,6 +388,7 @@ def test_half_precision_reductions_leave_no_full_size_temporaries(dtype, name, m
     lambda: af.keras_adafactor(1e-3, weight_decay=1e-2),
     lambda: af.keras_adafactor(1e-3, global_clipnorm=1.0)],
     ids=["momentum_wd", "keras_weight_decay", "keras_global_clipnorm"])
+@pytest.mark.hlo
 def test_half_precision_leaves_of_one_block_are_chained_too(dtype, factory, monkeypatch):
   """A half-precision leaf of at most `fused.BLOCK_ELEMENTS` is reduced in one block (no
   slices), linked to the block before by an integer add of the link's zero to its bits: the

@@ -323,6 +323,7 @@ def test_truncated_or_interrupted_write_never_loads(tmp_path):
   assert leftovers  # the temporary file of the killed writer, never the real name
 
 
+@pytest.mark.references
 def test_orbax_standard_checkpointer_and_sharded_restore(tmp_path):
   import orbax.checkpoint as ocp
   from jax.sharding import NamedSharding

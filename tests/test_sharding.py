@@ -22,6 +22,7 @@ import adafactor_jax as af
 HERE = pathlib.Path(__file__).resolve().parent
 
 
+@pytest.mark.hlo
 def test_sharded_training_equals_single_device_and_gathers_no_parameter():
   env = dict(os.environ, SHARDED_STEPS="20", JAX_PLATFORMS="cpu")
   proc = subprocess.run([sys.executable, str(HERE / "sharded_check.py")], env=env,

@@ -127,7 +127,7 @@ def clip_by_block_rms(
       d.scale(jnp.maximum(1.0, rms), divide=True)
     return state
 
-  return fused.transformation(optax.init_empty_state, kernel)
+  return fused.transformation(fused.init_empty, kernel)
 
 
 def clip_by_global_norm_fused(max_norm: ArrayLike) -> optax.GradientTransformationExtraArgs:
@@ -154,7 +154,7 @@ def clip_by_global_norm_fused(max_norm: ArrayLike) -> optax.GradientTransformati
       d.then(_divide_times, denom, mult)
     return state
 
-  return fused.transformation(optax.init_empty_state, kernel)
+  return fused.transformation(fused.init_empty, kernel)
 
 
 def scale_by_param_block_rms(
@@ -219,7 +219,7 @@ def scale_by_param_block_rms(
       d.scale(scale)
     return state
 
-  return fused.transformation(optax.init_empty_state, kernel)
+  return fused.transformation(fused.init_empty, kernel)
 
 
 class ScaleByScheduleState(NamedTuple):
@@ -275,7 +275,7 @@ def scale_by_learning_rate(
     _scale_all(leaves, sign * jnp.asarray(learning_rate))
     return state
 
-  return fused.transformation(optax.init_empty_state, kernel_const)
+  return fused.transformation(fused.init_empty, kernel_const)
 
 
 def _scale_all(leaves: list[fused.Deferred], x: jax.Array) -> None:

@@ -535,6 +535,13 @@ class Context:
     return self.treedef.unflatten([d.value() for d in leaves])
 
 
+def init_empty(params: Any) -> optax.EmptyState:
+  """The ``init`` of a block without state (``optax.init_empty_state``, which optax exports from
+  0.2.6 on)."""
+  del params
+  return optax.EmptyState()
+
+
 def transformation(init_fn: Callable[[Any], Any],
                    kernel: Kernel) -> optax.GradientTransformationExtraArgs:
   """A building block from its kernel: used alone it computes its updates at once."""

@@ -183,8 +183,8 @@ def clip_by_leaf_norm(max_norm: ArrayLike) -> optax.GradientTransformationExtraA
     >>> import adafactor_jax
     >>> tx = adafactor_jax.clip_by_leaf_norm(1.0)
     >>> updates, _ = tx.update({"w": jnp.array([100.0, 100.0]), "b": jnp.array([0.3])}, None)
-    >>> print(updates["w"], updates["b"])
-    [0.7071068 0.7071068] [0.3]
+    >>> print([f"{x:.6f}" for x in updates["w"]], [f"{x:.6f}" for x in updates["b"]])
+    ['0.707107', '0.707107'] ['0.300000']
 
   References:
     Pascanu et al., `On the difficulty of training recurrent neural networks
@@ -213,7 +213,7 @@ def clip_by_leaf_norm(max_norm: ArrayLike) -> optax.GradientTransformationExtraA
              jnp.maximum(l2norm, c))
     return state
 
-  return fused.transformation(optax.init_empty_state, kernel)
+  return fused.transformation(fused.init_empty, kernel)
 
 
 def clip_by_value(max_value: ArrayLike) -> optax.GradientTransformationExtraArgs:
@@ -247,7 +247,7 @@ def clip_by_value(max_value: ArrayLike) -> optax.GradientTransformationExtraArgs
              fused.operand(max_value, d.dtype, len(d.shape)))
     return state
 
-  return fused.transformation(optax.init_empty_state, kernel)
+  return fused.transformation(fused.init_empty, kernel)
 
 
 def clip_by_global_norm(max_norm: ArrayLike) -> optax.GradientTransformationExtraArgs:
@@ -333,7 +333,7 @@ def clip_by_global_norm(max_norm: ArrayLike) -> optax.GradientTransformationExtr
              fused.like_leaf(scale, len(d.shape)))
     return state
 
-  return fused.transformation(optax.init_empty_state, kernel)
+  return fused.transformation(fused.init_empty, kernel)
 
 
 # --------------------------------------------------------------------------- weight decay

@@ -61,8 +61,8 @@ def state_shardings(tx: Any, params: Any) -> Any:
     ...                          sharding=NamedSharding(mesh, P("data", "model")))
     >>> tx = adafactor_jax.adafactor(1e-2)
     >>> s = adafactor_jax.state_shardings(tx, {"w": w})
-    >>> s[0].v_row["w"].spec, s[0].v_col["w"].spec, s[0].count.spec
-    (P('data',), P('model',), P())
+    >>> tuple(s[0].v_row["w"].spec), tuple(s[0].v_col["w"].spec), tuple(s[0].count.spec)
+    (('data',), ('model',), ())
     >>> state = jax.jit(tx.init, out_shardings=s)({"w": jnp.zeros((256, 512))})
   """
   validation.check_transformation("state_shardings: tx", tx)

@@ -108,12 +108,12 @@ def adafactor(
     >>> for _ in range(5):
     ...   updates, opt_state = solver.update(jax.grad(f)(params), opt_state, params)
     ...   params = optax.apply_updates(params, updates)
-    ...   print(f"{f(params):.6f}")
-    13.922358
-    13.845288
-    13.768781
-    13.692831
-    13.617428
+    ...   print(f"{f(params):.5f}")
+    13.92236
+    13.84529
+    13.76878
+    13.69283
+    13.61743
 
   References:
     Shazeer & Stern, `Adafactor: Adaptive Learning Rates with Sublinear Memory Cost
