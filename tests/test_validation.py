@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+import optax
 import pytest
 
 import adafactor_jax as af
+from adafactor_jax._src import validation
 
 BAD_CONSTRUCTION = [
     (af.adafactor, dict(learning_rate=-0.1), "learning_rate"),
     (af.adafactor, dict(learning_rate=math.nan), "learning_rate"),
     (af.adafactor, dict(learning_rate=math.inf), "learning_rate"),
-    (af.adafactor, dict(decay_rate=0.0), "decay_rate"),
     (af.adafactor, dict(decay_rate=-0.8), "decay_rate"),
     (af.adafactor, dict(clipping_threshold=0.0), "clipping_threshold"),
     (af.adafactor, dict(clipping_threshold=-1.0), "clipping_threshold"),
@@ -113,8 +116,8 @@ def test_range_named_in_message():
     af.adafactor(momentum=1.0)
   with pytest.raises(ValueError, match=r"rho=1\.5 .* \[0\.0, 1\.0\]"):
     af.adadelta(rho=1.5)
-  with pytest.raises(ValueError, match=r"decay_rate=0\.0 .* \(0\.0, inf\)"):
-    af.adafactor(decay_rate=0.0)
+  with pytest.raises(ValueError, match=r"decay_rate=-0\.5 .* \[0\.0, inf\)"):
+    af.adafactor(decay_rate=-0.5)
 
 
 def test_bad_dtype_and_switch_messages():
@@ -301,3 +304,140 @@ def test_injected_min_dim_needs_static_args():
   import jax
   with pytest.raises(ValueError, match="static_args"):
     jax.jit(tx.update)(params, state, params)
+
+
+# --------------------------------------------------------------------- one rule per argument
+
+# Every factory that takes hyperparameters, with what it needs to be built.
+FACTORIES = {
+    "adafactor": (af.adafactor, {}),
+    "adadelta": (af.adadelta, {}),
+    "big_vision_adafactor": (af.big_vision_adafactor, dict(learning_rate=0.1)),
+    "keras_adafactor": (af.keras_adafactor, {}),
+    "keras_adadelta": (af.keras_adadelta, {}),
+    "torch_adafactor": (af.torch_adafactor, {}),
+    "hf_adafactor": (af.hf_adafactor, dict(lr=0.01, relative_step=False)),
+    "scale_by_factored_rms": (af.scale_by_factored_rms, {}),
+    "scale_by_adadelta": (af.scale_by_adadelta, {}),
+    "clip_by_block_rms": (af.clip_by_block_rms, dict(threshold=1.0)),
+    "scale_by_param_block_rms": (af.scale_by_param_block_rms, {}),
+    "scale_by_learning_rate": (af.scale_by_learning_rate, dict(learning_rate=0.1)),
+    "scale_by_momentum": (af.scale_by_momentum, {}),
+    "add_decayed_weights": (af.add_decayed_weights, {}),
+    "relative_step_size": (af.relative_step_size, {}),
+    "static_loss_scale": (af.static_loss_scale, dict(loss_scale_factor=2.0)),
+    "clip_by_global_norm": (af.clip_by_global_norm, dict(max_norm=1.0)),
+    "clip_by_leaf_norm": (af.clip_by_leaf_norm, dict(max_norm=1.0)),
+    "clip_by_value": (af.clip_by_value, dict(max_value=1.0)),
+    "with_decoupled_weight_decay": (af.with_decoupled_weight_decay,
+                                    dict(inner=optax.sgd(0.1), weight_decay=0.1)),
+    "accumulate_gradients": (af.accumulate_gradients,
+                             dict(inner=optax.sgd(0.1), gradient_accumulation_steps=2)),
+    "ema_params": (af.ema_params, {}),
+}
+# Arguments named as another library names another quantity: the rule they follow, and why.
+OTHER_RULE = {
+    ("hf_adafactor", "decay_rate"): "beta2_decay",  # transformers' exponent is negated (-0.8)
+    ("ema_params", "momentum"): "ema_momentum",  # Keras's EMA of the weights: [0, 1]
+}
+# Arguments checked by a rule of their own kind, not `validation.RULES` (tested above).
+NOT_RULED = {
+    "eps": "PyTorch's and transformers' eps is a pair, each checked as eps (tested below)",
+    "factor_rule": "factoring.as_rules", "epsilon_mode": "one of 'add' and 'clamp'",
+    "decay_rate_fn": "a callable", "multiply_by_parameter_scale": "a bool or t5x's rules",
+    "exclude_from_weight_decay": "Keras's patterns or a mask", "name": "Keras's name",
+    "inner": "a transformation",
+}
+
+
+def _ruled_arguments():
+  out = []
+  for fname, (factory, base) in FACTORIES.items():
+    for arg in inspect.signature(factory).parameters:
+      if (fname, arg) in OTHER_RULE or (arg in validation.RULES and not (
+          arg == "eps" and fname in ("torch_adafactor", "hf_adafactor"))):
+        out.append((fname, arg))
+  return out
+
+
+def _bad_values(rule):
+  """Values that break `rule` (for numbers: beyond each bound, and NaN)."""
+  if rule.kind in ("number", "schedule"):
+    bad = [math.nan, "0.1"]
+    if rule.low is not None:
+      bad.append(rule.low - 1.0)
+    if rule.high is not None:
+      bad.append(rule.high + 1.0)
+    return bad
+  if rule.kind == "int":
+    return [rule.low - 1, 2.5]
+  return {"bool": ["yes", 1], "dtype": [jnp.int32, "foo"], "buffer_dtype": [jnp.int32],
+          "mask": ["x", [1.5]]}[rule.kind]
+
+
+def _edges(rule):
+  """Values on `rule`'s bounds that it allows."""
+  if rule.kind not in ("number", "schedule", "int"):
+    return []
+  return [x for x, inclusive in ((rule.low, rule.low_inclusive), (rule.high, rule.high_inclusive))
+          if x is not None and inclusive]
+
+
+RULED = _ruled_arguments()
+
+
+def test_every_argument_has_one_rule():
+  """Each argument of each factory is checked by its rule in validation.RULES, or is listed as
+  another library's quantity (OTHER_RULE) or as checked by a rule of its own kind (NOT_RULED):
+  a new argument cannot be left without one."""
+  for fname, (factory, _) in FACTORIES.items():
+    for arg in inspect.signature(factory).parameters:
+      ruled = (fname, arg) in RULED
+      assert ruled or arg in NOT_RULED, (fname, arg)
+
+
+@pytest.mark.parametrize("fname,arg", RULED, ids=[f"{f}-{a}" for f, a in RULED])
+def test_one_rule_per_argument_one_message(fname, arg):
+  """A block, a preset and a Keras-named preset reject a bad value of an argument with the same
+  message, the one of its rule (naming the argument, the value and what is allowed), and accept
+  the values on the rule's bounds (decay_rate=0 everywhere)."""
+  factory, base = FACTORIES[fname]
+  rule_name = OTHER_RULE.get((fname, arg), arg)
+  rule = validation.RULES[rule_name]
+  for bad in _bad_values(rule):
+    with pytest.raises(ValueError) as expected:
+      validation.check(arg, bad, rule=rule_name)
+    with pytest.raises(ValueError) as got:
+      factory(**{**base, arg: bad})
+    assert str(got.value) == str(expected.value), (fname, arg, bad)
+    assert arg in str(got.value)
+  for edge in _edges(rule):
+    factory(**{**base, arg: edge})
+
+
+@pytest.mark.parametrize("factory", [af.torch_adafactor, af.hf_adafactor])
+def test_eps_pairs_follow_the_rule_of_eps(factory):
+  base = dict(lr=0.01, relative_step=False) if factory is af.hf_adafactor else {}
+  for i in range(2):
+    pair = [1e-3, 1e-3]
+    pair[i] = -1.0
+    with pytest.raises(ValueError) as expected:
+      validation.check(f"eps[{i}]", -1.0, rule="eps")
+    with pytest.raises(ValueError) as got:
+      factory(**base, eps=tuple(pair))
+    assert str(got.value) == str(expected.value)
+  with pytest.raises(ValueError, match="pair"):
+    factory(**base, eps=1e-3)
+
+
+def test_decay_rate_zero_keeps_only_the_latest_squared_gradient():
+  """decay_rate=0 (PyTorch's beta2_decay=0) is allowed by every factory: beta2 is 0 and the
+  statistic is the latest squared gradient, so the unit step is g / |g|."""
+  g = jnp.array([3.0, -0.5, 2.0])
+  for tx in (af.scale_by_factored_rms(decay_rate=0.0), af.adafactor(decay_rate=0.0,
+                                                                    clipping_threshold=None,
+                                                                    multiply_by_parameter_scale=False)):
+    state = tx.init(g)
+    for scale in (1.0, 10.0):
+      u, state = tx.update(scale * g, state, g)
+      np.testing.assert_allclose(np.abs(np.asarray(u)), 1.0, rtol=1e-6)

@@ -59,9 +59,9 @@ def scale_by_adadelta(
   References:
     Zeiler, `ADADELTA: An Adaptive Learning Rate Method <https://arxiv.org/abs/1212.5701>`_, 2012.
   """
-  validation.check_number("rho", rho, low=0.0, high=1.0)
-  validation.check_number("eps", eps, low=0.0)
-  stats_dtype = validation.check_dtype("stats_dtype", stats_dtype)
+  validation.check("rho", rho)
+  validation.check("eps", eps)
+  stats_dtype = validation.check("stats_dtype", stats_dtype)
   name = "scale_by_adadelta"
 
   def init_fn(params):

@@ -112,7 +112,7 @@ def clip_by_block_rms(
     optax's version takes the whole leaf; with batch dims ours matches t5x. A zero update
     stays zero (no division by zero).
   """
-  validation.check_number("threshold", threshold, low=0.0, low_inclusive=False)
+  validation.check("threshold", threshold)
   rules = _rules(factor_rule)
 
   def kernel(leaves, state, params, ctx):
@@ -195,9 +195,10 @@ def scale_by_param_block_rms(
   Notes:
     The RMS is computed in float32 for half-precision params (optax: in the param dtype).
   """
-  validation.check_number("min_scale", min_scale, low=0.0)
+  validation.check("min_scale", min_scale)
   if max_scale is not None:
-    validation.check_number("max_scale", max_scale, low=0.0, low_inclusive=False)
+    validation.check("max_scale", max_scale)
+  validation.check("mask", mask)
   rules = _rules(factor_rule)
   name = "scale_by_param_block_rms"
 
@@ -254,8 +255,8 @@ def scale_by_learning_rate(
   References:
     As ``optax.scale_by_learning_rate``.
   """
-  validation.check_scalar_or_schedule("learning_rate", learning_rate, low=0.0)
-  validation.check_bool("flip_sign", flip_sign)
+  validation.check("learning_rate", learning_rate)
+  validation.check("flip_sign", flip_sign)
   sign = -1.0 if flip_sign else 1.0
 
   if callable(learning_rate):
@@ -285,6 +286,14 @@ def _scale_all(leaves: list[fused.Deferred], x: jax.Array) -> None:
     if d.dtype not in converted:
       converted[d.dtype] = x.astype(d.dtype)
     d.scale(converted[d.dtype])
+
+
+def times(a: optax.ScalarOrSchedule, b: optax.ScalarOrSchedule) -> optax.ScalarOrSchedule:
+  """``a * b`` for numbers or schedules: a schedule when either is one."""
+  if not callable(a) and not callable(b):
+    return a * b
+  at = lambda x, count: x(count) if callable(x) else x
+  return lambda count: at(a, count) * at(b, count)
 
 
 def relative_step_size(
@@ -326,9 +335,9 @@ def relative_step_size(
     PyTorch and transformers compute the step size in Python double precision; here it is
     float32 (a relative difference below 1e-7).
   """
-  validation.check_scalar_or_schedule("max_rate", max_rate, low=0.0)
+  validation.check("max_rate", max_rate)
   if warmup_rate is not None:
-    validation.check_number("warmup_rate", warmup_rate, low=0.0, low_inclusive=False)
+    validation.check("warmup_rate", warmup_rate)
 
   def schedule(count):
     t = jnp.asarray(count, jnp.float32) + 1.0
@@ -391,9 +400,8 @@ def scale_by_momentum(
   References:
     Zhai et al., `Scaling Vision Transformers <https://arxiv.org/abs/2106.04560>`_, 2021.
   """
-  validation.check_number("decay", decay, low=0.0, high=1.0, high_inclusive=False)
-  accumulator_dtype = validation.check_dtype("accumulator_dtype", accumulator_dtype,
-                                             complex_ok=True)
+  validation.check("decay", decay)
+  accumulator_dtype = validation.check("accumulator_dtype", accumulator_dtype)
 
   def init_fn(params):
     return ScaleByMomentumState(mu=jax.tree.map(
@@ -441,15 +449,6 @@ def resolve_mask(mask: MaskOrFn, params: Any, treedef: Any, transform: str) -> l
   return treedef.flatten_up_to(m)
 
 
-def check_mask(name: str, mask: MaskOrFn) -> None:
-  """Raises `ValueError` unless `mask` is None, a callable or a pytree of bools (or arrays)."""
-  if mask is not None and not callable(mask):
-    bad = [x for x in jax.tree.leaves(mask) if not isinstance(x, (bool, np.bool_, jax.Array,
-                                                                  np.ndarray))]
-    if bad:
-      raise ValueError(f"{name} must be a pytree of bools or a callable, got a leaf {bad[0]!r}.")
-
-
 def add_decayed_weights(
     weight_decay: optax.ScalarOrSchedule = 0.0,
     mask: MaskOrFn = None,
@@ -489,10 +488,10 @@ def add_decayed_weights(
     As in optax, the decay is not multiplied by the learning rate when this block sits after
     `scale_by_learning_rate` (optax's and t5x's Adafactor place it there).
   """
-  validation.check_scalar_or_schedule("weight_decay", weight_decay, low=0.0)
+  validation.check("weight_decay", weight_decay)
   if param_scale_min is not None:
-    validation.check_number("param_scale_min", param_scale_min, low=0.0)
-  check_mask("mask", mask)
+    validation.check("param_scale_min", param_scale_min)
+  validation.check("mask", mask)
   name = "add_decayed_weights"
   scheduled = callable(weight_decay)
   # A concrete 0 adds nothing (and needs no params). The state is the same whatever the rate, so

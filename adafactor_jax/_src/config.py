@@ -52,7 +52,7 @@ def preset(fn: Callable[..., optax.GradientTransformationExtraArgs]):
     bound = full_sig.bind(*args, **kwargs)
     bound.apply_defaults()
     skip = bound.arguments["skip_nonfinite"]
-    validation.check_bool("skip_nonfinite", skip)
+    validation.check("skip_nonfinite", skip)
     kwargs.pop("skip_nonfinite", None)
     tx = fn(*args, **kwargs)
     if skip:

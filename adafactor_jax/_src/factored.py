@@ -278,17 +278,17 @@ def scale_by_factored_rms(
     f16 ones give NaN for small gradients); the step is clamped so that ``step_offset`` larger
     than the count gives finite updates (optax: inf/NaN); ``params`` is optional.
   """
-  validation.check_number("decay_rate", decay_rate, low=0.0)
+  validation.check("decay_rate", decay_rate)
   validation.check_choice("epsilon_mode", epsilon_mode, ("add", "clamp"))
   if epsilon is not None or epsilon_mode == "add":
-    validation.check_number("epsilon", epsilon, low=0.0)
-  validation.check_number("step_offset", step_offset)
-  validation.check_int("min_dim_size_to_factor", min_dim_size_to_factor, low=0)
+    validation.check("epsilon", epsilon)
+  validation.check("step_offset", step_offset)
+  validation.check("min_dim_size_to_factor", min_dim_size_to_factor)
   if not callable(decay_rate_fn):
     raise ValueError(f"decay_rate_fn must be callable (step, decay_rate) -> beta2, got "
                      f"{decay_rate_fn!r}.")
-  stats_dtype = validation.check_dtype("stats_dtype", stats_dtype)
-  validation.check_bool("factored", factored)
+  stats_dtype = validation.check("stats_dtype", stats_dtype)
+  validation.check("factored", factored)
   rules = factoring.as_rules(factor_rule, factored=factored,
                              min_dim_size_to_factor=int(min_dim_size_to_factor))
   name = "scale_by_factored_rms"

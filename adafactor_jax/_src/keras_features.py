@@ -90,7 +90,7 @@ def static_loss_scale(loss_scale_factor: ArrayLike) -> optax.GradientTransformat
     ``optax.inject_hyperparams``, the factor can be changed between steps: the update divides
     by the injected value, and `scale_loss` multiplies by it.
   """
-  validation.check_number("loss_scale_factor", loss_scale_factor, low=0.0, low_inclusive=False)
+  validation.check("loss_scale_factor", loss_scale_factor)
 
   def init_fn(params):
     del params
@@ -195,7 +195,7 @@ def clip_by_leaf_norm(max_norm: ArrayLike) -> optax.GradientTransformationExtraA
     computed in at least float32. A zero gradient stays zero. Unlike ``optax.clip_by_block_rms``
     this is a norm, not an RMS.
   """
-  validation.check_number("max_norm", max_norm, low=0.0, low_inclusive=False)
+  validation.check("max_norm", max_norm)
 
   def kernel(leaves, state, params, ctx):
     del params
@@ -238,7 +238,7 @@ def clip_by_value(max_value: ArrayLike) -> optax.GradientTransformationExtraArgs
   References:
     Keras ``Optimizer(clipvalue=...)``; ``optax.clip`` does the same.
   """
-  validation.check_number("max_value", max_value, low=0.0, low_inclusive=False)
+  validation.check("max_value", max_value)
 
   def kernel(leaves, state, params, ctx):
     del params, ctx
@@ -279,7 +279,7 @@ def clip_by_global_norm(max_norm: ArrayLike) -> optax.GradientTransformationExtr
     As Keras (and unlike ``optax.clip_by_global_norm``), a non-finite global norm turns every
     gradient into NaN instead of passing infinities through, so the problem is visible.
   """
-  validation.check_number("max_norm", max_norm, low=0.0, low_inclusive=False)
+  validation.check("max_norm", max_norm)
 
   def kernel(leaves, state, params, ctx):
     del params
@@ -396,8 +396,9 @@ def with_decoupled_weight_decay(
     ``optax.add_decayed_weights`` instead adds :math:`\lambda p` to the update, after it.
   """
   validation.check_transformation("inner", inner)
-  validation.check_scalar_or_schedule("weight_decay", weight_decay, low=0.0)
-  validation.check_scalar_or_schedule("learning_rate", learning_rate, low=0.0)
+  validation.check("weight_decay", weight_decay)
+  validation.check("learning_rate", learning_rate)
+  validation.check("mask", mask)
   inner_kernel = getattr(inner.update, "fused", None)
   inner = optax.with_extra_args_support(inner)
   name = "with_decoupled_weight_decay"
@@ -525,9 +526,8 @@ def accumulate_gradients(
     full update and discards it.
   """
   validation.check_transformation("inner", inner)
-  validation.check_int("gradient_accumulation_steps", gradient_accumulation_steps, low=2)
-  accumulator_dtype = validation.check_dtype("accumulator_dtype", accumulator_dtype,
-                                             complex_ok=True)
+  validation.check("gradient_accumulation_steps", gradient_accumulation_steps)
+  accumulator_dtype = validation.check("accumulator_dtype", accumulator_dtype)
   inner_kernel = getattr(inner.update, "fused", None)
   inner = optax.with_extra_args_support(inner)
   k = int(gradient_accumulation_steps)
@@ -649,12 +649,12 @@ def ema_params(
     overwrite test uses the update count. The average starts at zero, as in Keras, but
     `finalize_variable_values` before any step returns the params unchanged (Keras: zeros).
   """
-  validation.check_number("momentum", momentum, low=0.0, high=1.0)
+  validation.check("momentum", momentum, rule="ema_momentum")
   if overwrite_frequency is not None:
-    validation.check_int("overwrite_frequency", overwrite_frequency, low=1)
+    validation.check("overwrite_frequency", overwrite_frequency)
   if gradient_accumulation_steps is not None:
-    validation.check_int("gradient_accumulation_steps", gradient_accumulation_steps, low=2)
-  dtype = validation.check_dtype("dtype", dtype, complex_ok=True)
+    validation.check("gradient_accumulation_steps", gradient_accumulation_steps)
+  dtype = validation.check("dtype", dtype)
   k = 1 if gradient_accumulation_steps is None else int(gradient_accumulation_steps)
   name = "ema_params"
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from typing import Any
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -146,3 +147,92 @@ def check_transformation(name: str, value: Any) -> None:
   if not (callable(getattr(value, "init", None)) and callable(getattr(value, "update", None))):
     raise ValueError(f"{name} must be an optax GradientTransformation (with init and update), "
                      f"got {value!r}.")
+
+
+def check_mask(name: str, mask: Any) -> None:
+  """Raises `ValueError` unless `mask` is None, a callable or a pytree of bools (or arrays)."""
+  if mask is not None and not callable(mask):
+    bad = [x for x in jax.tree.leaves(mask) if not isinstance(x, (bool, np.bool_, jax.Array,
+                                                                  np.ndarray))]
+    if bad:
+      raise ValueError(f"{name} must be a pytree of bools or a callable, got a leaf {bad[0]!r}.")
+
+
+class Rule(NamedTuple):
+  """What an argument may be: a `kind` and, for numbers, the allowed range."""
+
+  kind: str  # number, schedule (a number or a callable), int, bool, dtype, buffer_dtype, mask
+  low: float | None = None
+  high: float | None = None
+  low_inclusive: bool = True
+  high_inclusive: bool = True
+
+  def check(self, name: str, value: Any) -> Any:
+    """Raises `ValueError` naming `name`, `value` and what is allowed; returns the value (a
+    dtype as a NumPy dtype)."""
+    if self.kind in ("number", "schedule"):
+      if self.kind == "schedule" and callable(value):
+        return value
+      check_number(name, value, low=self.low, high=self.high, low_inclusive=self.low_inclusive,
+                   high_inclusive=self.high_inclusive)
+    elif self.kind == "int":
+      check_int(name, value, low=int(self.low))
+    elif self.kind == "bool":
+      check_bool(name, value)
+    elif self.kind in ("dtype", "buffer_dtype"):
+      return check_dtype(name, value, complex_ok=self.kind == "buffer_dtype")
+    elif self.kind == "mask":
+      check_mask(name, value)
+    else:  # pragma: no cover - a rule of this module
+      raise AssertionError(self.kind)
+    return value
+
+
+_POSITIVE = Rule("number", low=0.0, low_inclusive=False)
+_NON_NEGATIVE = Rule("number", low=0.0)
+_FINITE = Rule("number")
+_UNIT = Rule("number", low=0.0, high=1.0)  # [0, 1]
+_UNIT_OPEN = Rule("number", low=0.0, high=1.0, high_inclusive=False)  # [0, 1)
+
+# The one rule of each argument of the package, by name: every block, preset (and the Keras
+# classes) validates an argument of this name with this rule, so with the same message. An
+# argument that takes another library's name for another quantity says which rule it follows
+# (`check`'s `rule`): transformers' `decay_rate` is PyTorch's `beta2_decay` (<= 0),
+# `ema_params`'s `momentum` is Keras's `ema_momentum` ([0, 1]), PyTorch's and transformers' `eps`
+# are pairs of `eps`.
+RULES: dict[str, Rule] = {
+    # learning rates and weight decay: a number >= 0 or a schedule
+    **dict.fromkeys(("learning_rate", "lr", "max_rate", "weight_decay", "weight_decay_rate"),
+                    Rule("schedule", low=0.0)),
+    # second-moment decay: beta2 = 1 - t**-decay_rate; PyTorch's and Keras's exponent is negated
+    "decay_rate": _NON_NEGATIVE,
+    **dict.fromkeys(("beta2_decay", "beta_2_decay"), Rule("number", high=0.0)),
+    **dict.fromkeys(("decay_offset", "step_offset", "weight_decay_rate_lr_exponent"), _FINITE),
+    "min_dim_size_to_factor": Rule("int", low=0),
+    # thresholds of clipping (of the update RMS, norms, values) and caps
+    **dict.fromkeys(("clipping_threshold", "threshold", "clip_threshold",
+                     "global_norm_clip_threshold", "max_norm", "clipnorm", "global_clipnorm",
+                     "max_value", "clipvalue", "max_parameter_scale", "max_scale",
+                     "warmup_rate", "loss_scale_factor"), _POSITIVE),
+    "d": Rule("number", low=1.0),  # PyTorch's clipping threshold, as PyTorch checks it
+    # averages: momentum of the update in [0, 1); of the weights (Keras's EMA) in [0, 1]
+    **dict.fromkeys(("momentum", "decay", "beta1"), _UNIT_OPEN),
+    **dict.fromkeys(("rho", "beta2_cap", "ema_momentum"), _UNIT),
+    # epsilons and floors
+    **dict.fromkeys(("eps", "epsilon", "epsilon_1", "epsilon_2", "min_scale",
+                     "param_scale_min"), _NON_NEGATIVE),
+    "gradient_accumulation_steps": Rule("int", low=2),
+    **dict.fromkeys(("overwrite_frequency", "ema_overwrite_frequency"), Rule("int", low=1)),
+    **dict.fromkeys(("factored", "flip_sign", "use_ema", "relative_step", "scale_parameter",
+                     "warmup_init", "maximize", "foreach", "skip_nonfinite"), Rule("bool")),
+    "stats_dtype": Rule("dtype"),
+    **dict.fromkeys(("dtype_momentum", "accumulator_dtype", "dtype"), Rule("buffer_dtype")),
+    **dict.fromkeys(("weight_decay_mask", "mask"), Rule("mask")),
+}
+
+
+def check(name: str, value: Any, *, rule: str | None = None) -> Any:
+  """Checks the argument `name` against its rule in `RULES` (or the rule of the argument
+  `rule`), raising a `ValueError` that names it, the value and what is allowed. Returns the value
+  (a dtype argument as a NumPy dtype, None staying None)."""
+  return RULES[rule or name].check(name, value)

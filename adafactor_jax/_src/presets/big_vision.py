@@ -60,7 +60,7 @@ def big_vision_adafactor(
     learning_rate: :math:`\eta_t`, a float or a schedule (big_vision's ``config.lr`` times its
       schedule).
     min_dim_size_to_factor: only factor a leaf whose two largest dims are at least this large.
-    decay_rate: exponent of the second-moment decay schedule (> 0).
+    decay_rate: exponent of the second-moment decay schedule (>= 0).
     decay_offset: subtracted from the step count in that schedule.
     beta2_cap: the cap of :math:`\hat\beta_2` (0.999 in the ViT-g recipe).
     clipping_threshold: update clipping threshold (> 0), or None (off, the default).
@@ -107,20 +107,20 @@ def big_vision_adafactor(
     Differences from the paper: momentum (before the learning rate, in bfloat16), the capped
     :math:`\beta_2`, no parameter scale, no update clipping by default.
   """
-  validation.check_scalar_or_schedule("learning_rate", learning_rate, low=0.0)
-  validation.check_int("min_dim_size_to_factor", min_dim_size_to_factor, low=0)
-  validation.check_number("decay_rate", decay_rate, low=0.0, low_inclusive=False)
-  validation.check_number("decay_offset", decay_offset)
-  validation.check_number("beta2_cap", beta2_cap, low=0.0, high=1.0)
+  validation.check("learning_rate", learning_rate)
+  validation.check("min_dim_size_to_factor", min_dim_size_to_factor)
+  validation.check("decay_rate", decay_rate)
+  validation.check("decay_offset", decay_offset)
+  validation.check("beta2_cap", beta2_cap)
+  validation.check("eps", eps)
   if not _is_off(clipping_threshold):
-    validation.check_number("clipping_threshold", clipping_threshold, low=0.0,
-                            low_inclusive=False)
+    validation.check("clipping_threshold", clipping_threshold)
   if not _is_off(momentum):
-    validation.check_number("momentum", momentum, low=0.0, high=1.0, high_inclusive=False)
-  validation.check_dtype("dtype_momentum", dtype_momentum, complex_ok=True)
-  blocks.check_mask("weight_decay_mask", weight_decay_mask)
+    validation.check("momentum", momentum)
+  validation.check("dtype_momentum", dtype_momentum)
+  validation.check("weight_decay_mask", weight_decay_mask)
   if weight_decay is not None:
-    validation.check_scalar_or_schedule("weight_decay", weight_decay, low=0.0)
+    validation.check("weight_decay", weight_decay)
 
   def capped_decay_rate(step, exponent):
     return jnp.minimum(beta2_cap, decay_rate_pow(step, exponent))

@@ -53,10 +53,10 @@ def hf_adafactor(
     eps: :math:`(\epsilon_1, \epsilon_2)`: added to the squared gradient; floor of the parameter
       scale (both >= 0).
     clip_threshold: update clipping threshold (> 0).
-    decay_rate: exponent of :math:`1 - \beta_{2,t}` (<= 0).
+    decay_rate: exponent of :math:`1 - \beta_{2,t}` (<= 0: PyTorch's ``beta2_decay``).
     beta1: momentum coefficient in [0, 1) applied to the lr-scaled update, or None (no
       momentum; 0.0 still keeps a momentum buffer, as transformers).
-    weight_decay: weight decay (>= 0), multiplied by the step size :math:`\eta_t` (which
+    weight_decay: weight decay (>= 0, or a schedule), multiplied by the step size :math:`\eta_t` (which
       includes the parameter scale).
     scale_parameter: multiply the step by :math:`\max(\epsilon_2, \mathrm{RMS}(p))`.
     relative_step: use :math:`\rho_t` instead of `lr`.
@@ -106,7 +106,7 @@ def hf_adafactor(
   eps1, eps2 = eps
   for name, value in (("scale_parameter", scale_parameter), ("relative_step", relative_step),
                       ("warmup_init", warmup_init)):
-    validation.check_bool(name, value)
+    validation.check(name, value)
   if lr is not None and relative_step:
     raise ValueError("Cannot combine manual `lr` and `relative_step=True` options (as "
                      "transformers): pass relative_step=False to use lr.")
@@ -116,14 +116,14 @@ def hf_adafactor(
     raise ValueError("relative_step=False needs a learning rate: pass lr=... (transformers "
                      "accepts this and fails with a TypeError at the first step).")
   if lr is not None:
-    validation.check_scalar_or_schedule("lr", lr, low=0.0)
-  validation.check_number("eps[0]", eps1, low=0.0)
-  validation.check_number("eps[1]", eps2, low=0.0)
-  validation.check_number("clip_threshold", clip_threshold, low=0.0, low_inclusive=False)
-  validation.check_number("decay_rate", decay_rate, high=0.0)
+    validation.check("lr", lr)
+  validation.check("eps[0]", eps1, rule="eps")
+  validation.check("eps[1]", eps2, rule="eps")
+  validation.check("clip_threshold", clip_threshold)
+  validation.check("decay_rate", decay_rate, rule="beta2_decay")
   if beta1 is not None:
-    validation.check_number("beta1", beta1, low=0.0, high=1.0, high_inclusive=False)
-  validation.check_number("weight_decay", weight_decay, low=0.0)
+    validation.check("beta1", beta1)
+  validation.check("weight_decay", weight_decay)
 
   rho = (blocks.relative_step_size(1e-2, warmup_rate=1e-6 if warmup_init else None)
          if relative_step else lr)
@@ -141,7 +141,7 @@ def hf_adafactor(
   if validation.is_zero(weight_decay):
     decay = 0.0
   else:
-    decay = (lambda count: rho(count) * weight_decay) if callable(rho) else rho * weight_decay
+    decay = blocks.times(rho, weight_decay)
   tx.append(blocks.add_decayed_weights(
       decay, param_scale_min=eps2 if scale_parameter else None))
   tx.append(blocks.scale_by_learning_rate(1.0))  # descent: flip the sign

@@ -67,9 +67,9 @@ def _check_base_args(learning_rate, weight_decay, clipnorm, clipvalue, global_cl
   """Keras's base-optimizer argument checks, with ranges in every message."""
   if name is not None and not isinstance(name, str):
     raise ValueError(f"name must be a string or None, got {name!r}.")
-  validation.check_scalar_or_schedule("learning_rate", learning_rate, low=0.0)
+  validation.check("learning_rate", learning_rate)
   if weight_decay is not None:
-    validation.check_number("weight_decay", weight_decay, low=0.0)
+    validation.check("weight_decay", weight_decay)
   clips = {"clipnorm": clipnorm, "clipvalue": clipvalue, "global_clipnorm": global_clipnorm}
   given = [k for k, v in clips.items() if v is not None]
   if len(given) > 1:
@@ -77,15 +77,15 @@ def _check_base_args(learning_rate, weight_decay, clipnorm, clipvalue, global_cl
         f"Only one of clipnorm, clipvalue and global_clipnorm can be set; got {given} "
         f"(clipnorm={clipnorm!r}, clipvalue={clipvalue!r}, global_clipnorm={global_clipnorm!r}).")
   for k in given:
-    validation.check_number(k, clips[k], low=0.0, low_inclusive=False)
-  validation.check_bool("use_ema", use_ema)
-  validation.check_number("ema_momentum", ema_momentum, low=0.0, high=1.0)
+    validation.check(k, clips[k])
+  validation.check("use_ema", use_ema)
+  validation.check("ema_momentum", ema_momentum)
   if ema_overwrite_frequency is not None:
-    validation.check_int("ema_overwrite_frequency", ema_overwrite_frequency, low=1)
+    validation.check("ema_overwrite_frequency", ema_overwrite_frequency)
   if loss_scale_factor is not None:
-    validation.check_number("loss_scale_factor", loss_scale_factor, low=0.0, low_inclusive=False)
+    validation.check("loss_scale_factor", loss_scale_factor)
   if gradient_accumulation_steps is not None:
-    validation.check_int("gradient_accumulation_steps", gradient_accumulation_steps, low=2)
+    validation.check("gradient_accumulation_steps", gradient_accumulation_steps)
   _weight_decay_mask(exclude_from_weight_decay)  # raises on a malformed argument
 
 
@@ -168,12 +168,12 @@ def keras_adafactor(
       ``optimizer.iterations`` before the update, counting every call even with gradient
       accumulation), e.g. ``lambda n: 0.5 * 0.9 ** (n / 10)`` for Keras's
       ``ExponentialDecay(0.5, 10, 0.9)``.
-    beta_2_decay: exponent of the second-moment decay ``1 - t**beta_2_decay`` (< 0).
+    beta_2_decay: exponent of the second-moment decay ``1 - t**beta_2_decay`` (<= 0).
     epsilon_1: added to the squared gradient (>= 0).
     epsilon_2: floor of the parameter scale (>= 0).
     clip_threshold: update-clipping threshold :math:`d` (> 0).
     relative_step: accepted and recorded for Keras compatibility; it has no effect (as in Keras).
-    weight_decay: if set (>= 0), decoupled weight decay ``var <- var - var*wd*lr`` before each
+    weight_decay: if set (>= 0, or a schedule), decoupled weight decay ``var <- var - var*wd*lr`` before each
       update, with the base learning rate (see `with_decoupled_weight_decay`).
     clipnorm: clip each leaf's gradient to this L2 norm (`clip_by_leaf_norm`).
     clipvalue: clip each gradient element to ``[-clipvalue, clipvalue]`` (`clip_by_value`).
@@ -244,19 +244,19 @@ def keras_adafactor(
     ValueError: more than one of clipnorm/clipvalue/global_clipnorm;
       gradient_accumulation_steps not an integer >= 2; ema_momentum outside [0, 1];
       ema_overwrite_frequency not an integer >= 1; a negative or non-finite learning rate, weight
-      decay or epsilon; beta_2_decay >= 0; clip thresholds or loss_scale_factor <= 0.
+      decay or epsilon; beta_2_decay > 0; clip thresholds or loss_scale_factor <= 0.
   """
   _check_base_args(learning_rate, weight_decay, clipnorm, clipvalue, global_clipnorm, use_ema,
                    ema_momentum, ema_overwrite_frequency, loss_scale_factor,
                    gradient_accumulation_steps, exclude_from_weight_decay, name)
-  validation.check_number("beta_2_decay", beta_2_decay, high=0.0, high_inclusive=False)
-  validation.check_number("epsilon_1", epsilon_1, low=0.0)
-  validation.check_number("epsilon_2", epsilon_2, low=0.0)
-  validation.check_number("clip_threshold", clip_threshold, low=0.0, low_inclusive=False)
-  validation.check_bool("relative_step", relative_step)
+  validation.check("beta_2_decay", beta_2_decay)
+  validation.check("epsilon_1", epsilon_1)
+  validation.check("epsilon_2", epsilon_2)
+  validation.check("clip_threshold", clip_threshold)
+  validation.check("relative_step", relative_step)
   del relative_step  # Keras ignores it too (always min(lr, 1/sqrt(t))).
   lr = _per_update(learning_rate, gradient_accumulation_steps)
-  stats_dtype = validation.check_dtype("stats_dtype", stats_dtype)
+  stats_dtype = validation.check("stats_dtype", stats_dtype)
   core = fused.chain(
       scale_by_factored_rms(factored=True, decay_rate=-beta_2_decay, min_dim_size_to_factor=0,
                             epsilon=epsilon_1, factor_rule="last", stats_dtype=stats_dtype),
@@ -307,7 +307,7 @@ def keras_adadelta(
       Keras's default 1e-3 makes the first steps tiny (about ``1.4e-6``); use 1.0 for the paper.
     rho: decay of both averages, in [0, 1].
     epsilon: added inside both square roots (>= 0).
-    weight_decay: if set (>= 0), decoupled weight decay ``var <- var - var*wd*lr`` before each
+    weight_decay: if set (>= 0, or a schedule), decoupled weight decay ``var <- var - var*wd*lr`` before each
       update, with the base learning rate (see `with_decoupled_weight_decay`).
     clipnorm: clip each leaf's gradient to this L2 norm (`clip_by_leaf_norm`).
     clipvalue: clip each gradient element to ``[-clipvalue, clipvalue]`` (`clip_by_value`).
@@ -362,10 +362,10 @@ def keras_adadelta(
   _check_base_args(learning_rate, weight_decay, clipnorm, clipvalue, global_clipnorm, use_ema,
                    ema_momentum, ema_overwrite_frequency, loss_scale_factor,
                    gradient_accumulation_steps, exclude_from_weight_decay, name)
-  validation.check_number("rho", rho, low=0.0, high=1.0)
-  validation.check_number("epsilon", epsilon, low=0.0)
+  validation.check("rho", rho)
+  validation.check("epsilon", epsilon)
   lr = _per_update(learning_rate, gradient_accumulation_steps)
-  stats_dtype = validation.check_dtype("stats_dtype", stats_dtype)
+  stats_dtype = validation.check("stats_dtype", stats_dtype)
   core = fused.chain(scale_by_adadelta(rho, epsilon, stats_dtype=stats_dtype),
                      blocks.scale_by_learning_rate(lr))
   return _keras_base(

@@ -70,7 +70,8 @@ def adafactor(
       optax: the step is then about ``RMS(p)`` -- pass a schedule such as
       ``lambda t: jnp.minimum(1e-2, jax.lax.rsqrt(t + 1.0))`` for the paper's relative step).
     min_dim_size_to_factor: only factor a leaf whose factored dims are all this large.
-    decay_rate: exponent of the second-moment decay schedule ``1 - t**-decay_rate`` (> 0).
+    decay_rate: exponent of the second-moment decay schedule ``1 - t**-decay_rate`` (>= 0; 0
+      keeps only the latest squared gradient).
     decay_offset: subtracted from the step count in that schedule (fine-tuning).
     multiply_by_parameter_scale: scale the step by ``max(RMS(p), 1e-3)``; a bool, or (as t5x's
       ``HParamMap``) a mapping or sequence of pairs from key-path regular expressions (matched
@@ -137,30 +138,27 @@ def adafactor(
     ``decay_offset``. Rank > 2 leaves without a rule are factored over their two largest dims
     here, where t5x raises. Skipping non-finite steps is not part of this function.
   """
-  validation.check_int("min_dim_size_to_factor", min_dim_size_to_factor, low=0)
+  validation.check("min_dim_size_to_factor", min_dim_size_to_factor)
   if learning_rate is not None:
-    validation.check_scalar_or_schedule("learning_rate", learning_rate, low=0.0)
-  validation.check_number("decay_rate", decay_rate, low=0.0, low_inclusive=False)
-  validation.check_number("decay_offset", decay_offset)
+    validation.check("learning_rate", learning_rate)
+  validation.check("decay_rate", decay_rate)
+  validation.check("decay_offset", decay_offset)
   if clipping_threshold is not None:
-    validation.check_number("clipping_threshold", clipping_threshold, low=0.0,
-                            low_inclusive=False)
+    validation.check("clipping_threshold", clipping_threshold)
   if momentum is not None:
-    validation.check_number("momentum", momentum, low=0.0, high=1.0, high_inclusive=False)
+    validation.check("momentum", momentum)
   if weight_decay_rate is not None:
-    validation.check_scalar_or_schedule("weight_decay_rate", weight_decay_rate, low=0.0)
-  validation.check_number("eps", eps, low=0.0)
-  validation.check_bool("factored", factored)
-  validation.check_dtype("dtype_momentum", dtype_momentum, complex_ok=True)
-  blocks.check_mask("weight_decay_mask", weight_decay_mask)
+    validation.check("weight_decay_rate", weight_decay_rate)
+  validation.check("eps", eps)
+  validation.check("factored", factored)
+  validation.check("dtype_momentum", dtype_momentum)
+  validation.check("weight_decay_mask", weight_decay_mask)
   if max_parameter_scale is not None:
-    validation.check_number("max_parameter_scale", max_parameter_scale, low=0.0,
-                            low_inclusive=False)
+    validation.check("max_parameter_scale", max_parameter_scale)
   if global_norm_clip_threshold is not None:
-    validation.check_number("global_norm_clip_threshold", global_norm_clip_threshold, low=0.0,
-                            low_inclusive=False)
+    validation.check("global_norm_clip_threshold", global_norm_clip_threshold)
   if weight_decay_rate_lr_exponent is not None:
-    validation.check_number("weight_decay_rate_lr_exponent", weight_decay_rate_lr_exponent)
+    validation.check("weight_decay_rate_lr_exponent", weight_decay_rate_lr_exponent)
   if isinstance(multiply_by_parameter_scale, (bool, np.bool_)):
     scale_mask = None
   else:
@@ -242,7 +240,8 @@ def adadelta(
     learning_rate: a float or schedule; ``None`` means a unit step (descending).
     rho: decay of the averages, in [0, 1].
     eps: added inside the square roots (>= 0).
-    weight_decay: L2 coefficient added to the gradient before preconditioning (>= 0).
+    weight_decay: L2 coefficient added to the gradient before preconditioning (>= 0, or a
+      schedule).
     weight_decay_mask: pytree of bools or callable ``params -> bools``.
     stats_dtype: dtype of the averages (float32); None keeps the param dtype.
 
@@ -275,9 +274,9 @@ def adadelta(
     learning rate and descends. Equal to optax for every non-None learning rate.
   """
   if learning_rate is not None:
-    validation.check_scalar_or_schedule("learning_rate", learning_rate, low=0.0)
-  validation.check_number("weight_decay", weight_decay, low=0.0)
-  blocks.check_mask("weight_decay_mask", weight_decay_mask)
+    validation.check("learning_rate", learning_rate)
+  validation.check("weight_decay", weight_decay)
+  validation.check("weight_decay_mask", weight_decay_mask)
   # Always a decay block, as optax (a concrete 0 adds nothing): the state's structure does not
   # depend on the rate's value, which optax.inject_hyperparams injects as an array.
   return fused.chain(

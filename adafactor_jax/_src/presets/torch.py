@@ -56,7 +56,7 @@ def torch_adafactor(
       *not* added to :math:`G^2`); None means ``jnp.finfo(dtype).eps`` of each leaf's own
       dtype. :math:`\epsilon_2` (>= 0) floors the parameter scale.
     d: update clipping threshold (>= 1).
-    weight_decay: decoupled weight decay (>= 0), multiplied by ``lr``.
+    weight_decay: decoupled weight decay (>= 0, or a schedule), multiplied by ``lr``.
     maximize: ascend instead of descend (the gradient is negated; the weight decay is not).
     foreach: accepted for PyTorch compatibility (its choice between a loop over tensors and
       batched kernels); it has no effect: the compiled step is the same. A bool or None.
@@ -97,16 +97,16 @@ def torch_adafactor(
   if not isinstance(eps, (tuple, list)) or len(eps) != 2:
     raise ValueError(f"eps must be a pair (eps1, eps2), got {eps!r}.")
   eps1, eps2 = eps
-  validation.check_scalar_or_schedule("lr", lr, low=0.0)
-  validation.check_number("beta2_decay", beta2_decay, high=0.0)
+  validation.check("lr", lr)
+  validation.check("beta2_decay", beta2_decay)
   if eps1 is not None:
-    validation.check_number("eps[0]", eps1, low=0.0)
-  validation.check_number("eps[1]", eps2, low=0.0)
-  validation.check_number("d", d, low=1.0)
-  validation.check_number("weight_decay", weight_decay, low=0.0)
-  validation.check_bool("maximize", maximize)
+    validation.check("eps[0]", eps1, rule="eps")
+  validation.check("eps[1]", eps2, rule="eps")
+  validation.check("d", d)
+  validation.check("weight_decay", weight_decay)
+  validation.check("maximize", maximize)
   if foreach is not None:
-    validation.check_bool("foreach", foreach)
+    validation.check("foreach", foreach)
 
   tx: list[Any] = []
   if maximize:
@@ -124,7 +124,7 @@ def torch_adafactor(
   if validation.is_zero(weight_decay):
     decay = 0.0
   else:
-    decay = (lambda count: lr(count) * weight_decay) if callable(lr) else lr * weight_decay
+    decay = blocks.times(lr, weight_decay)
   tx.append(blocks.add_decayed_weights(decay))
   tx.append(blocks.scale_by_learning_rate(1.0))  # descent: flip the sign
   return fused.chain(*tx)
