@@ -441,3 +441,24 @@ def test_decay_rate_zero_keeps_only_the_latest_squared_gradient():
     for scale in (1.0, 10.0):
       u, state = tx.update(scale * g, state, g)
       np.testing.assert_allclose(np.abs(np.asarray(u)), 1.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize("factory", [af.adadelta, af.keras_adafactor, af.keras_adadelta,
+                                     af.torch_adafactor, af.hf_adafactor,
+                                     af.big_vision_adafactor])
+def test_weight_decay_takes_a_schedule_in_every_preset(factory):
+  """`weight_decay` follows one rule (a number >= 0 or a schedule) in every preset: a constant
+  schedule gives the numbers of the constant."""
+  base = dict(learning_rate=0.1) if factory is af.big_vision_adafactor else {}
+  params = {"w": jnp.asarray(np.random.default_rng(0).normal(size=(8, 6)), jnp.float32)}
+  grads = {"w": jnp.asarray(np.random.default_rng(1).normal(size=(8, 6)), jnp.float32)}
+  out = []
+  for wd in (0.05, lambda count: 0.05):
+    tx = factory(**base, weight_decay=wd)
+    state, p = tx.init(params), params
+    for _ in range(3):
+      u, state = jax.jit(tx.update)(grads, state, p)
+      p = optax.apply_updates(p, u)
+    out.append(p["w"])
+  np.testing.assert_allclose(out[1], out[0], rtol=1e-6, atol=1e-7)
+  assert not np.allclose(out[0], params["w"])  # the steps moved the params
