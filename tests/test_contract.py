@@ -12,6 +12,8 @@ from presets import INJECTABLE
 from presets import OPTIONS
 from presets import PRESETS
 
+import adafactor_jax as af
+
 NAMES = sorted(PRESETS)
 OPTION_NAMES = sorted(OPTIONS)
 
@@ -155,6 +157,23 @@ def test_inject_hyperparams_same_state_and_numbers(name):
   other = factory(**{**injected, lr_key: 0.002}, **static)
   u4, _ = jax.jit(other.update)(grads_like(params, 9), s1, params)
   assert_trees_close(u3, u4, 1e-6, 1e-7, name)
+
+
+@pytest.mark.parametrize("rate", [None, 1e-3])
+@pytest.mark.parametrize("exponent", [0.0, 1.0])
+def test_injected_t5x_weight_decay_exponent(rate, exponent):
+  """t5x's ``weight_decay_rate_lr_exponent`` injected (an array): 0 is off, as a concrete 0 is
+  (the decay is the rate, or none; not ``lr ** 0 = 1``, which would zero the params)."""
+  kw = dict(learning_rate=0.01, weight_decay_rate=rate, weight_decay_rate_lr_exponent=exponent,
+            min_dim_size_to_factor=8)
+  plain = af.adafactor(**kw)
+  inj = optax.inject_hyperparams(af.adafactor, static_args=("min_dim_size_to_factor",))(**kw)
+  params = params_of(jnp.float32)
+  s1, s2 = plain.init(params), inj.init(params)
+  for i in range(2):
+    u1, s1 = jax.jit(plain.update)(grads_like(params, i), s1, params)
+    u2, s2 = jax.jit(inj.update)(grads_like(params, i), s2, params)
+    assert_trees_close(u2, u1, 1e-6, 1e-7)
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -487,7 +487,7 @@ def test_every_keras_argument_in_keras_order(ours, theirs):
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    (dict(beta_2_decay=0.5), r"beta_2_decay=0.5 .*\(-inf, 0.0\)"),
+    (dict(beta_2_decay=0.5), r"beta_2_decay=0.5 .*\(-inf, 0.0\]"),
     (dict(epsilon_1=-1.0), r"epsilon_1=-1.0 .*\[0.0, inf\)"),
     (dict(epsilon_2=float("inf")), "epsilon_2=inf"),
     (dict(clip_threshold=0.0), r"clip_threshold=0.0 .*\(0.0, inf\)"),

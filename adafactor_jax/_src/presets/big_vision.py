@@ -63,8 +63,11 @@ def big_vision_adafactor(
     decay_rate: exponent of the second-moment decay schedule (>= 0).
     decay_offset: subtracted from the step count in that schedule.
     beta2_cap: the cap of :math:`\hat\beta_2` (0.999 in the ViT-g recipe).
-    clipping_threshold: update clipping threshold (> 0), or None (off, the default).
-    momentum: :math:`\beta_1` in [0, 1), or None/0 for none.
+    clipping_threshold: update clipping threshold (> 0), or None (off, the default); 0 is off
+      too, as big_vision's ``if clipping_threshold``.
+    momentum: :math:`\beta_1` in [0, 1), or None/0 for none. (Both switches decide the state's
+      structure from a concrete value: under ``optax.inject_hyperparams`` an injected 0 is an
+      array and cannot switch a block off; pass None, or the argument in ``static_args``.)
     dtype_momentum: dtype of the momentum buffer (bfloat16).
     eps: added to the squared gradients (>= 0).
     weight_decay: :math:`\lambda_t`, a float or schedule (not multiplied by the learning rate),

@@ -164,9 +164,11 @@ def adafactor(
   else:
     scale_mask = blocks.mask_by_first_match(multiply_by_parameter_scale,
                                             "multiply_by_parameter_scale")
-  lr_exponent = _is_on(weight_decay_rate_lr_exponent)
-  if lr_exponent:
-    if learning_rate is None:
+  if weight_decay_rate_lr_exponent is not None:
+    # Whatever its value, a given exponent puts the decay block in (a concrete 0, t5x's off, adds
+    # only the rate, if any): the state's structure is the same when optax.inject_hyperparams
+    # injects the exponent as an array, whose value is not known when the step is traced.
+    if learning_rate is None and _is_on(weight_decay_rate_lr_exponent):
       raise ValueError("weight_decay_rate_lr_exponent needs a learning_rate (the decay is "
                        "(weight_decay_rate or 1) * learning_rate ** exponent), got None.")
     weight_decay_rate = _lr_coupled_decay(weight_decay_rate, learning_rate,
@@ -206,16 +208,22 @@ def _is_on(x: Any) -> bool:
 
 def _lr_coupled_decay(rate: Optional[optax.ScalarOrSchedule], lr: optax.ScalarOrSchedule,
                       exponent: ArrayLike) -> optax.ScalarOrSchedule:
-  """t5x's ``(rate or 1) * lr ** exponent``, a schedule when either is one."""
+  """t5x's ``(rate or 1) * lr ** exponent``, a schedule when either is one. An exponent of 0 is
+  off (t5x): the decay is then the rate, or 0; for a traced exponent (injected by
+  optax.inject_hyperparams) that is decided in the step, not ``lr ** 0 = 1``."""
+  if not _is_on(exponent):
+    return 0.0 if rate is None else rate
+
+  def decay(r, eta):
+    coupled = (1.0 if rate is None else r) * jnp.asarray(eta, jnp.float32) ** exponent
+    if not isinstance(exponent, jax.core.Tracer):
+      return coupled
+    return jnp.where(exponent == 0, 0.0 if rate is None else r, coupled)
+
   if not callable(rate) and not callable(lr):
-    return (1.0 if rate is None else rate) * jnp.asarray(lr, jnp.float32) ** exponent
-
-  def schedule(count):
-    r = 1.0 if rate is None else (rate(count) if callable(rate) else rate)
-    eta = lr(count) if callable(lr) else lr
-    return r * jnp.asarray(eta, jnp.float32) ** exponent
-
-  return schedule
+    return decay(rate, lr)
+  at = lambda x, count: x(count) if callable(x) else x
+  return lambda count: decay(at(rate, count), at(lr, count))
 
 
 @preset
