@@ -6,18 +6,18 @@ optimizers when they are imported, so optax's functions are replaced by ours fir
 from __future__ import annotations
 
 import os
+import sys
 
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                           " --xla_force_host_platform_device_count=8")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import xla_env  # noqa: E402
+
+xla_env.simulate_cpu_devices(8)
 
 import json  # noqa: E402
-import sys  # noqa: E402
 import types  # noqa: E402
 import unittest  # noqa: E402
 
 import jax  # noqa: E402
-
-sys.path.insert(0, os.path.dirname(__file__))
 import optax_conformance as conf  # noqa: E402
 
 conf.patch_all(setattr)

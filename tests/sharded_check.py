@@ -5,14 +5,16 @@ and the compiled step gathers no whole parameter. Prints one JSON line of result
 from __future__ import annotations
 
 import os
+import sys
 
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                           " --xla_force_host_platform_device_count=8")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import xla_env  # noqa: E402
+
+xla_env.simulate_cpu_devices(8)
 
 import contextlib  # noqa: E402
 import json  # noqa: E402
 import re  # noqa: E402
-import sys  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -20,14 +22,12 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 from jax.sharding import NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
-
-sys.path.insert(0, os.path.dirname(__file__))
 from presets import PRESETS  # noqa: E402
 
 import adafactor_jax as af  # noqa: E402
 
 STEPS = int(os.environ.get("SHARDED_STEPS", "20"))
-# "big" is above fused.MIN_SIZE_APART: its opaque zero is read from its own (sharded) gradient
+# "big" is above engine.MIN_SIZE_APART: its opaque zero is read from its own (sharded) gradient
 SHAPES = {"kernel": (64, 128), "wide": (32, 256), "t3": (8, 16, 32), "bias": (128,), "s": (),
           "big": (256, 512)}
 LAYOUTS = {

@@ -9,20 +9,20 @@ options checked and the differences found."""
 from __future__ import annotations
 
 import os
+import sys
 
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                           " --xla_force_host_platform_device_count=8")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import xla_env  # noqa: E402
+
+xla_env.simulate_cpu_devices(8)
 
 import json  # noqa: E402
-import sys  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from jax.sharding import NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
-
-sys.path.insert(0, os.path.dirname(__file__))
 from presets import OPTIONS  # noqa: E402
 
 # w and t3 are factored (min_dim_size_to_factor=8), with a sharded dim averaged away in one

@@ -10,6 +10,8 @@ import pathlib
 import subprocess
 import sys
 
+import xla_env
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 
@@ -23,7 +25,8 @@ def load(name):
 
 
 def run_script(args, timeout=300):
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             XLA_FLAGS=os.environ.get("XLA_FLAGS", "") + xla_env.patient_collectives())
   proc = subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True,
                         timeout=timeout, cwd=ROOT)
   assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
@@ -31,7 +34,7 @@ def run_script(args, timeout=300):
 
 
 def test_flax_nnx_sharded_kernels(tmp_path):
-  code = ("import sys, os; os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=4';"
+  code = ("import sys, os; os.environ['XLA_FLAGS'] += ' --xla_force_host_platform_device_count=4';"
           f"sys.path.insert(0, {str(EXAMPLES)!r});"
           "import importlib.util as u;"
           f"s = u.spec_from_file_location('ex', {str(EXAMPLES / 'flax_nnx.py')!r});"
