@@ -1,37 +1,28 @@
 """adafactor_jax: composable, exact, memory-lean Adafactor (and Adadelta) for JAX and optax."""
 
+from adafactor_jax._src.accumulation import AccumulateGradientsState
+from adafactor_jax._src.accumulation import accumulate_gradients
 from adafactor_jax._src.adadelta import ScaleByAdadeltaState
 from adafactor_jax._src.adadelta import scale_by_adadelta
-from adafactor_jax._src.blocks import AddDecayedWeightsState
-from adafactor_jax._src.blocks import ScaleByMomentumState
-from adafactor_jax._src.blocks import ScaleByScheduleState
-from adafactor_jax._src.blocks import add_decayed_weights
-from adafactor_jax._src.blocks import clip_by_block_rms
-from adafactor_jax._src.blocks import mask_by_path
-from adafactor_jax._src.blocks import relative_step_size
-from adafactor_jax._src.blocks import scale_by_learning_rate
-from adafactor_jax._src.blocks import scale_by_momentum
-from adafactor_jax._src.blocks import scale_by_param_block_rms
+from adafactor_jax._src.clipping import clip_by_block_rms
+from adafactor_jax._src.clipping import clip_by_global_norm
+from adafactor_jax._src.clipping import clip_by_global_norm_nan_on_nonfinite
+from adafactor_jax._src.clipping import clip_by_leaf_norm
+from adafactor_jax._src.clipping import clip_by_value
 from adafactor_jax._src.config import from_config
 from adafactor_jax._src.config import get_config
+from adafactor_jax._src.ema import EmaParamsState
+from adafactor_jax._src.ema import ema_params
+from adafactor_jax._src.ema import finalize_variable_values
+from adafactor_jax._src.engine import chain
 from adafactor_jax._src.factored import ScaleByFactoredRMSState
 from adafactor_jax._src.factored import decay_rate_pow
 from adafactor_jax._src.factored import scale_by_factored_rms
 from adafactor_jax._src.factoring import FactorRules
-from adafactor_jax._src.fused import chain
-from adafactor_jax._src.keras_features import AccumulateGradientsState
-from adafactor_jax._src.keras_features import DecoupledWeightDecayState
-from adafactor_jax._src.keras_features import EmaParamsState
-from adafactor_jax._src.keras_features import StaticLossScaleState
-from adafactor_jax._src.keras_features import accumulate_gradients
-from adafactor_jax._src.keras_features import clip_by_global_norm
-from adafactor_jax._src.keras_features import clip_by_leaf_norm
-from adafactor_jax._src.keras_features import clip_by_value
-from adafactor_jax._src.keras_features import ema_params
-from adafactor_jax._src.keras_features import finalize_variable_values
-from adafactor_jax._src.keras_features import scale_loss
-from adafactor_jax._src.keras_features import static_loss_scale
-from adafactor_jax._src.keras_features import with_decoupled_weight_decay
+from adafactor_jax._src.loss_scaling import StaticLossScaleState
+from adafactor_jax._src.loss_scaling import scale_loss
+from adafactor_jax._src.loss_scaling import static_loss_scale
+from adafactor_jax._src.masks import mask_by_path
 from adafactor_jax._src.persistence import load_state
 from adafactor_jax._src.persistence import save_state
 from adafactor_jax._src.presets.big_vision import big_vision_adafactor
@@ -44,7 +35,17 @@ from adafactor_jax._src.presets.torch import torch_adafactor
 from adafactor_jax._src.reliability import SkipNonFiniteState
 from adafactor_jax._src.reliability import skip_nonfinite
 from adafactor_jax._src.reliability import skipped_steps
+from adafactor_jax._src.scaling import ScaleByMomentumState
+from adafactor_jax._src.scaling import ScaleByScheduleState
+from adafactor_jax._src.scaling import relative_step_size
+from adafactor_jax._src.scaling import scale_by_learning_rate
+from adafactor_jax._src.scaling import scale_by_momentum
+from adafactor_jax._src.scaling import scale_by_param_block_rms
 from adafactor_jax._src.sharding import state_shardings
+from adafactor_jax._src.weight_decay import AddDecayedWeightsState
+from adafactor_jax._src.weight_decay import DecoupledWeightDecayState
+from adafactor_jax._src.weight_decay import add_decayed_weights
+from adafactor_jax._src.weight_decay import with_decoupled_weight_decay
 
 __version__ = "0.1.0"
 
@@ -68,6 +69,7 @@ __all__ = (
     "chain",
     "clip_by_block_rms",
     "clip_by_global_norm",
+    "clip_by_global_norm_nan_on_nonfinite",
     "clip_by_leaf_norm",
     "clip_by_value",
     "decay_rate_pow",

@@ -6,7 +6,7 @@ Prints, for a small tree of leaves of rank 0 to 4 (a size-0 one too), the larges
 over 10 steps, relative to each leaf's largest value:
 - `adafactor` (alone, with momentum and weight decay) and `adadelta` against optax's;
 - the fast path (`adafactor_jax.chain`) against ``optax.chain`` of the same blocks;
-- each preset's fused step against its blocks run one by one (``fused.disabled()``), and
+- each preset's fused step against its blocks run one by one (``engine.disabled()``), and
   whether its bfloat16 params stay finite;
 - `torch_adafactor` against ``torch.optim.Adafactor`` (on CUDA where torch has it).
 """
@@ -19,7 +19,7 @@ import numpy as np
 import optax
 
 import adafactor_jax as af
-from adafactor_jax._src import fused
+from adafactor_jax._src import engine
 
 SHAPES = {"emb": (1000, 256), "k": (256, 1024), "qkv": (256, 3, 4, 64), "b": (1024,), "s": (),
           "conv": (3, 3, 16, 256), "e": (0, 4)}
@@ -78,7 +78,7 @@ def main():
                "big_vision_adafactor"):
     kw = dict(relative_step=False, scale_parameter=False) if name == "hf_adafactor" else {}
     tx = getattr(af, name)(1e-2, **kw)
-    with fused.disabled():
+    with engine.disabled():
       ub, _ = run(tx, params, 3)
     ua, _ = run(tx, params, 3)
     _, half = run(tx, tree(0, jnp.bfloat16), 3)

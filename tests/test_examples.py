@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from adafactor_jax._src import fused
+from adafactor_jax._src.engine import chunked
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -77,7 +77,7 @@ def test_benchmark_in_bfloat16(monkeypatch):
   half-precision reductions run in blocks (of 2**14 elements here, so that this small tree has
   several): no full-size float32 copies in the compiled step."""
   bench = load("run", "benchmarks")
-  monkeypatch.setattr(fused, "BLOCK_ELEMENTS", 1 << 14)
+  monkeypatch.setattr(chunked, "BLOCK_ELEMENTS", 1 << 14)
   s = lambda *shape: jax.ShapeDtypeStruct(shape, jax.numpy.float32)
   bench.TREES["tiny"] = lambda: {"embed": s(2048, 256), "kernel": s(256, 1024), "bias": s(256)}
   results = bench.main(["--trees", "tiny", "--reps", "1", "--dtype", "bfloat16", "--optimizers",

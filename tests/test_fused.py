@@ -1,4 +1,4 @@
-"""The fast path: presets run their building blocks through `fused.chain`, which defers each
+"""The fast path: presets run their building blocks through `engine.chain`, which defers each
 leaf's update to one final pass. It must change no numbers (against the same blocks run one by
 one, as ``optax.chain`` does) and must leave no full-size temporaries in the compiled step."""
 
@@ -18,17 +18,17 @@ from presets import PRESETS
 from test_optax_parity import CASES
 
 import adafactor_jax as af
-from adafactor_jax._src import blocks
+from adafactor_jax._src import engine
 from adafactor_jax._src import factored
-from adafactor_jax._src import fused
-from adafactor_jax._src import keras_features as kf
+from adafactor_jax._src import weight_decay
+from adafactor_jax._src.engine import chunked
 
 
-@pytest.fixture(params=[1 << 14, fused.BLOCK_ELEMENTS], ids=["several_blocks", "one_block"])
+@pytest.fixture(params=[1 << 14, chunked.BLOCK_ELEMENTS], ids=["several_blocks", "one_block"])
 def block_elements(request, monkeypatch):
-  """`fused.BLOCK_ELEMENTS` for the test: a large half-precision leaf in several blocks of rows,
+  """`chunked.BLOCK_ELEMENTS` for the test: a large half-precision leaf in several blocks of rows,
   or (the default) in one."""
-  monkeypatch.setattr(fused, "BLOCK_ELEMENTS", request.param)
+  monkeypatch.setattr(chunked, "BLOCK_ELEMENTS", request.param)
   return request.param
 
 
@@ -39,11 +39,11 @@ RTOL, ATOL = 1e-6, 1e-6  # the issue's rtol; atol of the leaf's scale for elemen
 def compact_tree(seed=0, dtype=jnp.float32):
   """Fewer leaves than helpers.mixed_tree (compiling dominates these tests), with each kind:
   a scalar, small unfactored leaves, factored 2-D and 4-D leaves, a 3-D leaf for explicit rules,
-  and a leaf above `fused.MIN_SIZE_APART` (its own opaque zero)."""
+  and a leaf above `engine.MIN_SIZE_APART` (its own opaque zero)."""
   rng = np.random.default_rng(seed)
   shapes = {"scalar": (), "bias": (7,), "kernel": (130, 140), "t3": (4, 3, 2),
             "t4": (2, 130, 3, 129), "nested": {"b": [(129, 2)]}}
-  assert 2 * 130 * 3 * 129 >= fused.MIN_SIZE_APART > 130 * 140
+  assert 2 * 130 * 3 * 129 >= engine.MIN_SIZE_APART > 130 * 140
   return jax.tree.map(lambda s: jnp.asarray(rng.normal(size=s), dtype), shapes,
                       is_leaf=lambda x: isinstance(x, tuple))
 
@@ -60,7 +60,7 @@ def _temp_fraction(tx, params):
 
 
 def block_by_block(tx, params, steps, seed=1):
-  with fused.disabled():
+  with engine.disabled():
     return trajectory(tx, params, steps, seed)
 
 
@@ -72,7 +72,7 @@ def test_disabled_runs_blocks_one_by_one():
   tx = af.adafactor(1e-3)
 
   fused_temp = _temp_fraction(tx, params)
-  with fused.disabled():
+  with engine.disabled():
     chain_temp = _temp_fraction(tx, params)
   assert chain_temp >= 1.0 > 10 * fused_temp, (chain_temp, fused_temp)
 
@@ -200,10 +200,10 @@ def test_fused_chain_runs_other_transformations_in_between():
   params = mixed_tree(0, big=False)
   blocks = [af.scale_by_factored_rms(min_dim_size_to_factor=8), optax.clip(0.5),
             af.clip_by_block_rms(1.0), af.scale_by_learning_rate(0.01)]
-  a, sa = trajectory(fused.chain(*blocks), params, 5)
+  a, sa = trajectory(engine.chain(*blocks), params, 5)
   b, sb = trajectory(optax.chain(*blocks), params, 5)
   for x, y in zip(a, b):
-    assert_trees_close(x, y, RTOL, ATOL, "fused.chain with optax.clip")
+    assert_trees_close(x, y, RTOL, ATOL, "engine.chain with optax.clip")
   assert_trees_close(sa, sb, 0, 0, "state")
 
 
@@ -211,7 +211,7 @@ def test_global_norm_clipping_equals_optax():
   params = mixed_tree(0, big=False)
   grads = [jax.tree.map(lambda p: 3.0 * p, params), jax.tree.map(lambda p: 1e-3 * p, params)]
   for g in grads:
-    ours, _ = blocks.clip_by_global_norm_fused(1.0).update(g, optax.EmptyState())
+    ours, _ = af.clip_by_global_norm(1.0).update(g, optax.EmptyState())
     ref, _ = optax.clip_by_global_norm(1.0).update(g, optax.EmptyState())
     assert_trees_close(ours, ref, 0, 0, "clip_by_global_norm")
 
@@ -223,10 +223,11 @@ def test_two_global_norm_clippings_in_one_chain(scale):
   clipping failed with an UnexpectedTracerError)."""
   params = mixed_tree(0, big=False)
   grads = jax.tree.map(lambda p: scale * p, params)
-  chains = [[kf.clip_by_global_norm(1.0), kf.clip_by_global_norm(0.5)],
-            [kf.clip_by_global_norm(1.0), af.keras_adafactor(0.1, global_clipnorm=0.5)]]
+  keras_clip = af.clip_by_global_norm_nan_on_nonfinite
+  chains = [[keras_clip(1.0), keras_clip(0.5)],
+            [keras_clip(1.0), af.keras_adafactor(0.1, global_clipnorm=0.5)]]
   for parts in chains:
-    ours, theirs = fused.chain(*parts), optax.chain(*parts)
+    ours, theirs = engine.chain(*parts), optax.chain(*parts)
     for update in (lambda tx: tx.update, lambda tx: jax.jit(tx.update)):
       a, _ = update(ours)(grads, ours.init(params), params)
       b, _ = update(theirs)(grads, theirs.init(params), params)
@@ -240,12 +241,12 @@ def test_chain_passes_integer_leaves_that_no_block_touches():
   params = {"w": jnp.ones((3, 4)), "step": jnp.arange(3)}
   for inner in (optax.scale(-0.1), af.scale_by_learning_rate(0.1)):
     blocks = [optax.masked(inner, {"w": True, "step": False})]
-    ours, theirs = fused.chain(*blocks), optax.chain(*blocks)
+    ours, theirs = engine.chain(*blocks), optax.chain(*blocks)
     a, _ = ours.update(params, ours.init(params), params)
     b, _ = theirs.update(params, theirs.init(params), params)
     assert a["step"].dtype == jnp.int32 and bool(jnp.array_equal(a["step"], b["step"]))
     np.testing.assert_array_equal(a["w"], b["w"])
-  for tx in (fused.chain(optax.identity(), af.scale_by_learning_rate(0.1)),
+  for tx in (engine.chain(optax.identity(), af.scale_by_learning_rate(0.1)),
              af.scale_by_learning_rate(0.1)):
     with pytest.raises(ValueError, match="'step' has dtype int32: gradients must be floating"):
       tx.update(params, tx.init(params), params)
@@ -370,15 +371,15 @@ HALF_TREES = {
 @pytest.mark.hlo
 def test_half_precision_reductions_leave_no_full_size_temporaries(dtype, name, monkeypatch):
   """XLA:CPU reduces float32 only: each reduction of a half-precision leaf reads a stored
-  float32 copy of it. In blocks chained one after the other (`fused.Link`), the copies of a few
+  float32 copy of it. In blocks chained one after the other (`engine.Link`), the copies of a few
   blocks exist at a time. Blocks of 2**14 elements here, so that this small tree has many."""
-  monkeypatch.setattr(fused, "BLOCK_ELEMENTS", 1 << 14)
+  monkeypatch.setattr(chunked, "BLOCK_ELEMENTS", 1 << 14)
   tree, tx = HALF_TREES[name]
   params = tree(dtype)
   fraction = _temp_fraction(tx(), params)
   assert fraction <= 0.10, f"temporaries are {fraction:.1%} of the parameter bytes"
   # Without the blocks, the float32 copies are all there (the check above can fail).
-  monkeypatch.setattr(fused, "_blocked", lambda inputs, shape: False)
+  monkeypatch.setattr(chunked, "blocked", lambda inputs, shape: False)
   assert _temp_fraction(tx(), params) >= 1.0
 
 
@@ -390,18 +391,18 @@ def test_half_precision_reductions_leave_no_full_size_temporaries(dtype, name, m
     ids=["momentum_wd", "keras_weight_decay", "keras_global_clipnorm"])
 @pytest.mark.hlo
 def test_half_precision_leaves_of_one_block_are_chained_too(dtype, factory, monkeypatch):
-  """A half-precision leaf of at most `fused.BLOCK_ELEMENTS` is reduced in one block (no
+  """A half-precision leaf of at most `chunked.BLOCK_ELEMENTS` is reduced in one block (no
   slices), linked to the block before by an integer add of the link's zero to its bits: the
   float32 copies of a few blocks exist at a time, at most ``12 * BLOCK_ELEMENTS`` bytes. Without
   a link (a slice of the whole axis is the array itself) XLA:CPU computes the copies all at
   once; with a floating offset too, for bfloat16 (whose arithmetic it does in float32)."""
-  monkeypatch.setattr(fused, "BLOCK_ELEMENTS", 1 << 16)
+  monkeypatch.setattr(chunked, "BLOCK_ELEMENTS", 1 << 16)
   params = {**{f"w{i}": jnp.zeros((256, 256), dtype) for i in range(6)},  # factored
             **{f"q{i}": jnp.zeros((256, 4, 64), dtype) for i in range(6)}}  # unfactored
-  assert all(fused.MIN_SIZE_APART <= x.size <= fused.BLOCK_ELEMENTS
+  assert all(engine.MIN_SIZE_APART <= x.size <= chunked.BLOCK_ELEMENTS
              for x in jax.tree.leaves(params))
   n_bytes = sum(x.nbytes for x in jax.tree.leaves(params))
-  bound = 12 * fused.BLOCK_ELEMENTS
+  bound = 12 * chunked.BLOCK_ELEMENTS
 
   def temp():
     tx = factory()
@@ -412,25 +413,25 @@ def test_half_precision_leaves_of_one_block_are_chained_too(dtype, factory, monk
   got = temp()
   assert got <= bound, f"{got / 1e6:.2f} MB of temporaries"
   # The check can fail: without the link, and (bfloat16) with a floating offset.
-  rows = fused._rows
+  rows = chunked._rows
   others = {"unlinked": lambda x, zero: x}
   if dtype == jnp.bfloat16:
-    others["floating offset"] = lambda x, zero: fused.offset(x, zero.astype(jnp.float32))
+    others["floating offset"] = lambda x, zero: engine.offset(x, zero.astype(jnp.float32))
   for name, whole in others.items():
-    monkeypatch.setattr(fused, "_rows", lambda x, first, size, zero, whole=whole: (
+    monkeypatch.setattr(chunked, "_rows", lambda x, first, size, zero, whole=whole: (
         rows(x, first, size, zero) if size < x.shape[0] else whole(x, zero)))
     assert temp() > 2 * bound, name
 
 
 def test_largest_in_blocks_equals_max(block_elements):
-  """`fused.largest` of a large half-precision array (the overflow branch of Keras's global
+  """`engine.largest` of a large half-precision array (the overflow branch of Keras's global
   norm), in 5 blocks or one, is ``jnp.max(..., initial=0)`` exactly, with a NaN in the array
   too (which XLA:CPU's maximum reduction skips here, in both)."""
   rng = np.random.default_rng(1)
   x = jnp.asarray(rng.normal(size=(300, 17, 16)), jnp.bfloat16)
   bad = x.at[299, 3, 2].set(jnp.nan)
   f = lambda u: jnp.abs(u.astype(jnp.float32))
-  largest = jax.jit(lambda a: fused.largest(f, [a], a.shape, fused.Link()))
+  largest = jax.jit(lambda a: engine.largest(f, [a], a.shape, engine.Link()))
   assert float(largest(x)) == float(jnp.max(f(x), initial=0.0)) > 0
   for at in [(0, 0, 0), (150, 8, 8), (299, 16, 15)]:  # in the first, a middle, the last block
     assert float(largest(x.at[at].set(-64.0))) == 64.0
@@ -440,25 +441,25 @@ def test_largest_in_blocks_equals_max(block_elements):
 
 @pytest.mark.parametrize("axes", [(0,), (1,), (0, 1), (1, 2)])
 def test_mean_in_blocks_equals_mean(axes, block_elements):
-  """`fused.mean` (and `fused.total`) of a large half-precision array (in blocks of rows,
+  """`engine.mean` (and `engine.total`) of a large half-precision array (in blocks of rows,
   float32 sums; here in 5 blocks, or in one of the whole array) equals jnp.mean (jnp.sum) of
   its float32 values; a NaN in one array's block makes only that array's mean NaN (the link
   between blocks stays an exact zero)."""
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.normal(size=(300, 17, 16)), jnp.bfloat16)
-  assert x.size >= fused.MIN_SIZE_APART
+  assert x.size >= engine.MIN_SIZE_APART
   bad = x.at[299, 3, 2].set(jnp.nan)
 
   def means(a, b):
-    link = fused.Link()
+    link = engine.Link()
     sq = lambda u: jnp.square(u.astype(jnp.float32))
-    return (fused.mean(sq, [a], a.shape, axes, link), fused.mean(sq, [b], b.shape, axes, link,
+    return (engine.mean(sq, [a], a.shape, axes, link), engine.mean(sq, [b], b.shape, axes, link,
                                                                  keepdims=True))
 
   got_bad, got = jax.jit(means)(bad, x)
-  if axes == (0, 1):  # `fused.total`: the same blocks, summed over all axes
+  if axes == (0, 1):  # `engine.total`: the same blocks, summed over all axes
     sq = lambda u: jnp.square(u.astype(jnp.float32))
-    got_total = jax.jit(lambda a: fused.total(sq, [a], a.shape, fused.Link()))(x)
+    got_total = jax.jit(lambda a: engine.total(sq, [a], a.shape, engine.Link()))(x)
     np.testing.assert_allclose(float(got_total), float(jnp.sum(sq(x))), rtol=2e-6)
   want = jnp.mean(jnp.square(x.astype(jnp.float32)), axis=axes, keepdims=True)
   want_bad = jnp.mean(jnp.square(bad.astype(jnp.float32)), axis=axes)
@@ -481,15 +482,15 @@ def test_blocks_of_a_recipe_equal_blocks_of_the_array(dtype, block_elements):
   sq = lambda u: jnp.square(u.astype(jnp.float32))
 
   def mean_of(p, wd, lr, fn):
-    x = kf._decayed(p, True, wd, lr)
-    link = fused.Link()
+    x = weight_decay._decayed(p, True, wd, lr)
+    link = engine.Link()
     if fn is not None:
       link.recipe(x, fn, [p, True, wd, lr])
-    return fused.mean(sq, [x], x.shape, (0, 1), link)
+    return engine.mean(sq, [x], x.shape, (0, 1), link)
 
   stored = jax.jit(lambda *a: mean_of(*a, None))(p, wd, lr)
-  recipe = jax.jit(lambda *a: mean_of(*a, kf._decayed_rounded))(p, wd, lr)
-  unrounded = jax.jit(lambda *a: mean_of(*a, kf._decayed))(p, wd, lr)
+  recipe = jax.jit(lambda *a: mean_of(*a, weight_decay._decayed_rounded))(p, wd, lr)
+  unrounded = jax.jit(lambda *a: mean_of(*a, weight_decay._decayed))(p, wd, lr)
   # The reference: the decayed weights as XLA computes them in a program of their own (a stored
   # array), their mean in float64. Like with like: XLA:CPU contracts ``p - (p * wd) * lr`` into
   # a fused multiply-add, which rounds once where two operations round twice, and in float16 it
@@ -497,7 +498,7 @@ def test_blocks_of_a_recipe_equal_blocks_of_the_array(dtype, block_elements):
   # later; elsewhere float16 is computed in float32 and rounded after each operation). So the
   # op-by-op eager values differ from any compiled ones by an ulp on 0.5% of the elements there
   # (the mean by 3.6e-6), and agree elsewhere.
-  decayed = jax.jit(kf._decayed, static_argnums=1)(p, True, wd, lr)
+  decayed = jax.jit(weight_decay._decayed, static_argnums=1)(p, True, wd, lr)
   reference = np.mean(np.square(np.asarray(decayed, np.float64)))
   assert float(recipe) == float(stored)
   np.testing.assert_allclose(float(recipe), reference, rtol=1e-6)

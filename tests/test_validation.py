@@ -80,6 +80,7 @@ BAD_CONSTRUCTION = [
     (af.ema_params, dict(overwrite_frequency=0), "overwrite_frequency"),
     (af.clip_by_leaf_norm, dict(max_norm=0.0), "max_norm"),
     (af.clip_by_global_norm, dict(max_norm=-1.0), "max_norm"),
+    (af.clip_by_global_norm_nan_on_nonfinite, dict(max_norm=-1.0), "max_norm"),
     (af.clip_by_value, dict(max_value=0.0), "max_value"),
     (af.adafactor, dict(factor_rule=3), "factor_rule"),
     (af.mask_by_path, dict(exclude=3), "exclude"),
@@ -98,6 +99,7 @@ BAD_CONSTRUCTION = [
 ]
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("factory,kwargs,arg", BAD_CONSTRUCTION,
                          ids=[f"{f.__name__}-{a}-{i}" for i, (f, _, a) in
                               enumerate(BAD_CONSTRUCTION)])
@@ -111,6 +113,7 @@ def test_bad_hyperparameter_raises_at_construction(factory, kwargs, arg):
     assert repr(value) in msg or "out of range" in msg, msg
 
 
+@pytest.mark.unit
 def test_range_named_in_message():
   with pytest.raises(ValueError, match=r"momentum=1\.0 .* \[0\.0, 1\.0\)"):
     af.adafactor(momentum=1.0)
@@ -120,6 +123,7 @@ def test_range_named_in_message():
     af.adafactor(decay_rate=-0.5)
 
 
+@pytest.mark.unit
 def test_bad_dtype_and_switch_messages():
   with pytest.raises(ValueError, match=r"dtype_momentum=dtype\('int32'\) is not a floating or "
                                        r"complex dtype"):
@@ -237,6 +241,7 @@ def test_factor_rule_rank_mismatch_names_the_leaf():
     tx.init({"enc": {"w": jnp.zeros((2, 3, 4))}})
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("factory", [af.adafactor, af.adadelta])
 def test_mismatched_tree_names_first_differing_path(factory):
   tx = factory(0.1)
@@ -280,6 +285,7 @@ def test_weight_decay_mask_tree_mismatch_names_path():
     tx.update(params, tx.init(params), params)
 
 
+@pytest.mark.unit
 def test_numpy_and_jax_bool_arguments_round_trip_through_config():
   """Switches and mask leaves given as NumPy or JAX bools (which the factories accept) are
   serialised as bools."""
@@ -327,6 +333,8 @@ FACTORIES = {
     "relative_step_size": (af.relative_step_size, {}),
     "static_loss_scale": (af.static_loss_scale, dict(loss_scale_factor=2.0)),
     "clip_by_global_norm": (af.clip_by_global_norm, dict(max_norm=1.0)),
+    "clip_by_global_norm_nan_on_nonfinite": (af.clip_by_global_norm_nan_on_nonfinite,
+                                             dict(max_norm=1.0)),
     "clip_by_leaf_norm": (af.clip_by_leaf_norm, dict(max_norm=1.0)),
     "clip_by_value": (af.clip_by_value, dict(max_value=1.0)),
     "with_decoupled_weight_decay": (af.with_decoupled_weight_decay,
@@ -386,6 +394,7 @@ def _edges(rule):
 RULED = _ruled_arguments()
 
 
+@pytest.mark.unit
 def test_every_argument_has_one_rule():
   """Each argument of each factory is checked by its rule in validation.RULES, or is listed as
   another library's quantity (OTHER_RULE) or as checked by a rule of its own kind (NOT_RULED):
@@ -396,6 +405,7 @@ def test_every_argument_has_one_rule():
       assert ruled or arg in NOT_RULED, (fname, arg)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("fname,arg", RULED, ids=[f"{f}-{a}" for f, a in RULED])
 def test_one_rule_per_argument_one_message(fname, arg):
   """A block, a preset and a Keras-named preset reject a bad value of an argument with the same

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
 from typing import NamedTuple
 from typing import Optional
 
@@ -12,18 +11,45 @@ import optax
 from jax.typing import ArrayLike
 from jax.typing import DTypeLike
 
-from adafactor_jax._src import fused
+from adafactor_jax._src import engine
 from adafactor_jax._src import layout
 from adafactor_jax._src import tree as tree_lib
 from adafactor_jax._src import validation
 from adafactor_jax._src.factored import abs_sq
+from adafactor_jax._src.factored import square
 from adafactor_jax._src.factored import stat_floor
 from adafactor_jax._src.factored import stats_dtype_for
 
 
 class ScaleByAdadeltaState(NamedTuple):
-  e_g: Any  # per leaf: EMA of g**2, the leaf's shape, in the stats dtype.
-  e_x: Any  # per leaf: EMA of the squared (unit-lr) update, the leaf's shape.
+  """State of `scale_by_adadelta`.
+
+  Attributes:
+    e_g: per leaf, the moving average of ``g**2``: the leaf's shape, in the stats dtype.
+    e_x: per leaf, the moving average of the squared update (at unit learning rate): the leaf's
+      shape, in the stats dtype.
+  """
+
+  e_g: optax.Params
+  e_x: optax.Params
+
+
+# ---------------------------------------------------------------- the math, one leaf at a time
+
+
+def adadelta_scaled(g: jax.Array, e_g: jax.Array, e_x: jax.Array, rho: ArrayLike,
+                    eps: ArrayLike) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """What `scale_by_adadelta` computes for one leaf, written plainly (Zeiler's Algorithm 1):
+  ``(update, new E[g**2], new E[delta**2])``; the reference its kernel is tested against
+  (tests/test_adadelta.py)."""
+  dtype = e_g.dtype
+  new_e_g = rho * e_g + (1.0 - rho) * square(g, dtype)
+  delta = jnp.sqrt(e_x + eps) / jnp.sqrt(new_e_g + eps) * g
+  new_e_x = rho * e_x + (1.0 - rho) * square(delta, dtype)
+  return delta.astype(g.dtype), jnp.asarray(new_e_g, dtype), jnp.asarray(new_e_x, dtype)
+
+
+# ---------------------------------------------------------------- the block
 
 
 def scale_by_adadelta(
@@ -84,9 +110,9 @@ def scale_by_adadelta(
         # Wherever E[g**2] + eps is at least the floor nothing changes.
         return jnp.sqrt(e_x + eps) / jnp.sqrt(jnp.maximum(new_e_g + eps, tiny)) * g.astype(work)
 
-      # The update is a formula (see `fused`): computed apart for the new E[delta**2], and
-      # again in the final pass, never stored.
-      args = (e_x, new_e_g, fused.operand(eps, dtype, len(d.shape)))
+      # The update is a formula (see docs/design/engine.md): computed apart for the new E[delta**2],
+      # and again in the final pass, never stored.
+      args = (e_x, new_e_g, engine.operand(eps, dtype, len(d.shape)))
       unrounded = d.derived(delta, *args, dtype=work)  # (before it is rounded to d.dtype)
       new_e_x = ((1.0 - rho) * abs_sq(unrounded.value_apart("delta"), dtype) + rho * e_x
                  ).astype(dtype)
@@ -95,4 +121,4 @@ def scale_by_adadelta(
       e_xs.append(new_e_x)
     return ScaleByAdadeltaState(e_g=treedef.unflatten(e_gs), e_x=treedef.unflatten(e_xs))
 
-  return fused.transformation(init_fn, kernel)
+  return engine.transformation(init_fn, kernel)

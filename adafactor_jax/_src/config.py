@@ -17,6 +17,8 @@ import numpy as np
 import optax
 
 from adafactor_jax._src import validation
+from adafactor_jax._src.masks import PathMask
+from adafactor_jax._src.masks import mask_by_path
 
 _REGISTRY: dict[str, Callable[..., Any]] = {}
 _DTYPE_TAG = "__dtype__"
@@ -63,7 +65,7 @@ def preset(fn: Callable[..., optax.GradientTransformationExtraArgs]):
     out.preset_args = dict(bound.arguments)
     return out
 
-  wrapper.__signature__ = full_sig
+  wrapper.__signature__ = full_sig  # type: ignore[attr-defined]
   _REGISTRY[fn.__name__] = wrapper
   return wrapper
 
@@ -82,9 +84,8 @@ def _encode(name: str, value: Any) -> Any:
       return arr.item()
   if isinstance(value, (type, np.dtype)) and _is_dtype(value):
     return {_DTYPE_TAG: jnp.dtype(value).name}
-  if getattr(value, "_mask_by_path", None) is not None:
-    include, exclude = value._mask_by_path
-    return {_MASK_TAG: {"include": include, "exclude": exclude}}
+  if isinstance(value, PathMask):
+    return {_MASK_TAG: {"include": value.include, "exclude": value.exclude}}
   if isinstance(value, dict):
     return {str(k): _encode(f"{name}[{k!r}]", v) for k, v in value.items()}
   if isinstance(value, (list, tuple)):
@@ -113,7 +114,6 @@ def _decode(value: Any) -> Any:
     if set(value) == {_TUPLE_TAG}:
       return tuple(_decode(v) for v in value[_TUPLE_TAG])
     if set(value) == {_MASK_TAG}:
-      from adafactor_jax._src.blocks import mask_by_path
       return mask_by_path(**value[_MASK_TAG])
     return {k: _decode(v) for k, v in value.items()}
   if isinstance(value, list):

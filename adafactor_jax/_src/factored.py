@@ -15,8 +15,8 @@ import optax
 from jax.typing import ArrayLike
 from jax.typing import DTypeLike
 
+from adafactor_jax._src import engine
 from adafactor_jax._src import factoring
-from adafactor_jax._src import fused
 from adafactor_jax._src import layout
 from adafactor_jax._src import tree as tree_lib
 from adafactor_jax._src import validation
@@ -29,16 +29,26 @@ def decay_rate_pow(step: ArrayLike, decay_rate: ArrayLike = 0.8) -> jax.Array:
 
 
 class ScaleByFactoredRMSState(NamedTuple):
-  """State of `scale_by_factored_rms`. Each tree mirrors the params, with ``None`` where unused.
+  """State of `scale_by_factored_rms`: only what each leaf needs (no placeholder arrays).
 
-  Only what a leaf needs is stored: a factored leaf has ``v_row`` and ``v_col`` and ``None`` in
-  ``v``; an unfactored leaf has ``v`` and ``None`` in ``v_row``/``v_col`` (no placeholders).
+  Each tree mirrors the params, with ``None`` where a leaf does not use it.
+
+  Attributes:
+    count: int32, shape ``()``: the number of update steps taken.
+    v_row: per factored leaf, the moving average of ``mean(g**2)`` over its col dims: the
+      leaf's shape without the col dims (a ``(n, m)`` kernel factored as rows x cols: ``(n,)``),
+      in the stats dtype; ``None`` for an unfactored leaf.
+    v_col: per factored leaf, the moving average of ``mean(g**2)`` over its row dims: the
+      leaf's shape without the row dims (``(m,)``); ``None`` for an unfactored leaf.
+    v: per unfactored leaf, the moving average of ``g**2``: the leaf's shape, in the stats dtype
+      (stored at least the smallest normal number in float32, bfloat16 and float64); ``None``
+      for a factored leaf.
   """
 
-  count: jax.Array  # int32 scalar: number of update steps taken.
-  v_row: Any  # per factored leaf: EMA of mean(g**2) over the col dims (shape without col dims).
-  v_col: Any  # per factored leaf: EMA of mean(g**2) over the row dims (shape without row dims).
-  v: Any  # per unfactored leaf: EMA of g**2, the leaf's shape (at least the smallest normal
+  count: jax.Array  # type: ignore[assignment]  # (a field named as optax's, not tuple.count)
+  v_row: optax.Params
+  v_col: optax.Params
+  v: optax.Params
   # number in float32, bfloat16 and float64).
 
 
@@ -93,7 +103,7 @@ def abs_sq(x: jax.Array, dtype: DTypeLike) -> jax.Array:
 
 def stats_dtype_for(param_dtype: DTypeLike, stats_dtype: Optional[DTypeLike]) -> jnp.dtype:
   """The dtype of a leaf's statistics: `stats_dtype`, or the param's real dtype when None."""
-  dtype = validation.as_dtype(param_dtype if stats_dtype is None else stats_dtype)
+  dtype = jnp.dtype(validation.as_dtype(param_dtype if stats_dtype is None else stats_dtype))
   return jnp.finfo(dtype).dtype if jnp.issubdtype(dtype, jnp.complexfloating) else dtype
 
 
@@ -177,16 +187,17 @@ def _times_clamped_rsqrt(u, v, floor_sq, tiny):
   return u * jax.lax.rsqrt(jnp.maximum(jnp.maximum(v, floor_sq), tiny))
 
 
-def _mean_sq(d: fused.Deferred, plan: factoring.LeafPlan, dtype: jnp.dtype,
-             link: fused.Link) -> tuple[jax.Array, jax.Array]:
+def _mean_sq(d: engine.Deferred, plan: factoring.LeafPlan, dtype: jnp.dtype,
+             link: engine.Link) -> tuple[jax.Array, jax.Array]:
   """Means of ``|u|**2`` over the col dims and over the row dims (unsaturated), in `dtype`.
 
-  Each reads the update's formula on inputs XLA cannot share with the other (see `fused`), and
-  nothing else happens inside them: reductions do their elementwise work at a cost on the CPU.
+  Each reads the update's formula on inputs XLA cannot share with the other (see
+  docs/design/engine.md), and nothing else happens inside them: reductions do their elementwise work
+  at a cost on the CPU.
   """
   sums = []
   for purpose, axes in (("row", plan.col_dims), ("col", plan.row_dims)):
-    sums.append(d.reduce_apart(purpose, functools.partial(fused.mean, axes=axes),
+    sums.append(d.reduce_apart(purpose, functools.partial(engine.mean, axes=axes),
                                lambda u: square(u, dtype), link, full_size=True))
   return sums[0], sums[1]
 
@@ -200,12 +211,59 @@ def stats_tree(state: ScaleByFactoredRMSState) -> Any:
                       is_leaf=tree_lib.is_none)
 
 
+# ---------------------------------------------------------------- the math, one leaf at a time
+# What `scale_by_factored_rms` computes, written plainly (the paper's Algorithm 4 and PyTorch's
+# clamped variant): the reference its kernel is tested against (tests/test_factored.py). The
+# kernel computes the same, with the floors and caps above for extreme values.
+
+
+def factored_rms_scaled(g: jax.Array, v_row: jax.Array, v_col: jax.Array, beta2: ArrayLike,
+                        epsilon: ArrayLike, plan: factoring.LeafPlan, epsilon_mode: str = "add"
+                        ) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """A factored leaf: ``(update, new v_row, new v_col)``.
+
+  ``R = beta2 R + (1 - beta2) mean_c(g**2 + eps)``, ``C = beta2 C + (1 - beta2) mean_r(g**2 +
+  eps)``, ``u = g / sqrt(R C / mean_r(R))``; with ``epsilon_mode="clamp"`` nothing is added and
+  ``u = g / sqrt(max(R C / max(mean_r(R), eps), eps**2))``.
+  """
+  dtype = v_row.dtype
+  sq = square(g, dtype) + (epsilon if epsilon_mode == "add" else 0.0)
+  new_row = beta2 * v_row + (1.0 - beta2) * jnp.mean(sq, axis=plan.col_dims)
+  new_col = beta2 * v_col + (1.0 - beta2) * jnp.mean(sq, axis=plan.row_dims)
+  row_mean = jnp.mean(new_row, axis=plan.row_dims_in_row_stat(), keepdims=True)
+  r = jnp.expand_dims(new_row, plan.col_dims)
+  c = jnp.expand_dims(new_col, plan.row_dims)
+  if epsilon_mode == "add":
+    estimate = r * c / jnp.expand_dims(row_mean, plan.col_dims)
+  else:
+    estimate = jnp.maximum(r * c / jnp.expand_dims(jnp.maximum(row_mean, epsilon), plan.col_dims),
+                           epsilon * epsilon)
+  return ((g / jnp.sqrt(estimate)).astype(g.dtype), jnp.asarray(new_row, dtype),
+          jnp.asarray(new_col, dtype))
+
+
+def unfactored_rms_scaled(g: jax.Array, v: jax.Array, beta2: ArrayLike, epsilon: ArrayLike,
+                          epsilon_mode: str = "add") -> tuple[jax.Array, jax.Array]:
+  """An unfactored leaf: ``(update, new v)``, ``V = beta2 V + (1 - beta2)(g**2 + eps)``, ``u = g /
+  sqrt(V)`` (``"clamp"``: nothing added, ``u = g / sqrt(max(V, eps**2))``)."""
+  dtype = v.dtype
+  if epsilon_mode == "add":
+    new_v = beta2 * v + (1.0 - beta2) * (square(g, dtype) + epsilon)
+    return (g / jnp.sqrt(new_v)).astype(g.dtype), jnp.asarray(new_v, dtype)
+  new_v = beta2 * v + (1.0 - beta2) * square(g, dtype)
+  floor = jnp.asarray(epsilon) ** 2
+  return (g / jnp.sqrt(jnp.maximum(new_v, floor))).astype(g.dtype), jnp.asarray(new_v, dtype)
+
+
+# ---------------------------------------------------------------- the block
+
+
 def scale_by_factored_rms(
     factored: bool = True,
     decay_rate: ArrayLike = 0.8,
     step_offset: ArrayLike = 0,
     min_dim_size_to_factor: int = 128,
-    epsilon: ArrayLike = 1e-30,
+    epsilon: Optional[ArrayLike] = 1e-30,
     decay_rate_fn: Callable[[ArrayLike, ArrayLike], ArrayLike] = decay_rate_pow,
     *,
     factor_rule: factoring.FactorRule = "largest",
@@ -325,8 +383,8 @@ def scale_by_factored_rms(
     beta2 = jnp.asarray(decay_rate_fn(step, decay_rate), jnp.float32)
     one_minus_beta2 = 1.0 - beta2
     out_r, out_c, out_v = [], [], []
-    shared_seed = fused.shared_seed(state.count)
-    tinies = {}  # one array per dtype, so that its offsets are computed once (fused.Seed)
+    shared_seed = engine.shared_seed(state.count)
+    tinies = {}  # one array per dtype, so that its offsets are computed once (engine.Seed)
     for path, d, r, c, v in zip(ctx.paths, leaves, rows, cols, vs):
       plan = rules.plan(path, d.shape)
       ref = r if plan.factored else v
@@ -337,7 +395,7 @@ def scale_by_factored_rms(
             f"{name}: the leaf {path!r} of shape {d.shape} does not match the "
             "statistics in the state (was the state built for other params?).")
       dtype = ref.dtype
-      d.seed = fused.seed_from(d, shared_seed)
+      d.seed = engine.seed_from(d, shared_seed)
       cap = jnp.asarray(sq_cap(dtype, math.prod(d.shape)), dtype)
       if epsilon_mode == "add":
         eps, floor = jnp.asarray(epsilon, dtype), None
@@ -351,10 +409,10 @@ def scale_by_factored_rms(
         x = jnp.minimum(x, cap)
         return x if eps is None else x + eps
 
-      reduced = None  # the formula's shorter form for its reduction (see `fused.Deferred.then`)
+      reduced = None  # the formula's shorter form for its reduction (see `engine.Deferred.then`)
       if plan.factored:
         # Each mean reads the gradient on its own: no full-size g**2 is shared between them
-        # (see `fused`); they saturate after the mean, not element by element.
+        # (see docs/design/engine.md); they saturate after the mean, not element by element.
         row_sq, col_sq = map(saturate, _mean_sq(d, plan, dtype, ctx.link))
         new_r, new_c, scale, factors = factored_second_moment(row_sq, col_sq, r, c, beta2, plan,
                                                               floor)
@@ -362,8 +420,8 @@ def scale_by_factored_rms(
         out_c.append(new_c)
         out_v.append(None)
       else:
-        # The formula on inputs of its own (see `fused`): a clipping divide before this block is
-        # then not shared with the final pass, which would store the clipped update.
+        # The formula on inputs of its own (see docs/design/engine.md): a clipping divide before
+        # this block is then not shared with the final pass, which would store the clipped update.
         new_v = (beta2 * v + one_minus_beta2 * saturate(square(d.value_apart("v"), dtype))
                  ).astype(dtype)
         if dtype not in tinies:  # see factored_second_moment
@@ -391,4 +449,4 @@ def scale_by_factored_rms(
         v_col=treedef.unflatten(out_c),
         v=treedef.unflatten(out_v))
 
-  return fused.transformation(init_fn, kernel)
+  return engine.transformation(init_fn, kernel)

@@ -38,7 +38,7 @@ from typing import Union
 
 import numpy as np
 
-FactorRule = Union[str, Mapping[str, Any], Sequence[tuple[str, Any]]]
+FactorRule = Union[str, Mapping[str, Any], Sequence[tuple[str, Any]], "FactorRules"]
 
 _LABELS = ("row", "col", "batch", "none")
 _WORDS = ("largest", "last", "unfactored")
@@ -100,6 +100,7 @@ class FactorRules:
 
   def __init__(self, rule: FactorRule, *, factored: bool = True, min_dim_size_to_factor: int = 128):
     self.factored = factored
+    self.patterns: tuple[tuple[re.Pattern[str], Any], ...] = ()
     self.min_dim_size_to_factor = int(min_dim_size_to_factor)
     self.spec = rule
     if isinstance(rule, str):

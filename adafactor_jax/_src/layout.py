@@ -52,3 +52,15 @@ def zeros(p: Any, dtype: DTypeLike, keep: Optional[Sequence[int]] = None) -> jax
   if isinstance(p, jax.core.Tracer):
     return jnp.zeros(shape, dtype, out_sharding=sharding)
   return jnp.zeros(shape, dtype, device=sharding)
+
+
+def buffer_dtype(dtype: Optional[DTypeLike], leaf_dtype: DTypeLike) -> jnp.dtype:
+  """The dtype of a leaf-shaped buffer (momentum, accumulated gradients, the EMA) asked for as
+  `dtype` (None: the leaf's): for a complex leaf, the complex type of that precision, as a real
+  buffer would drop the imaginary part (optax's float32 default for momentum does)."""
+  if dtype is None:
+    return jnp.dtype(leaf_dtype)
+  if (jnp.issubdtype(leaf_dtype, jnp.complexfloating)
+      and not jnp.issubdtype(dtype, jnp.complexfloating)):
+    return jnp.result_type(dtype, jnp.complex64)
+  return jnp.dtype(dtype)

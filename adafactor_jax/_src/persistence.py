@@ -74,7 +74,7 @@ def save_state(path: str | os.PathLike, opt_state: Any, *, tx: Any = None) -> No
   fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
   try:
     with os.fdopen(fd, "wb") as f:
-      np.savez(f, **arrays)
+      np.savez(f, **arrays)  # type: ignore[arg-type]  # (numpy's stubs: allow_pickle)
       f.flush()
       os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -161,4 +161,4 @@ def load_state(path: str | os.PathLike, like: Any, *, tx: Any = None) -> Any:
       raise ValueError(f"load_state: {key!r} is corrupt in {path!r}.")
     sharding = getattr(target, "sharding", None)
     out.append(jax.device_put(arr, sharding) if sharding is not None else jnp.asarray(arr))
-  return jax.tree.structure(like).unflatten(out)
+  return jax.tree.unflatten(jax.tree.structure(like), out)

@@ -13,10 +13,15 @@ from adafactor_jax._src import validation
 
 
 class SkipNonFiniteState(NamedTuple):
-  """State of `skip_nonfinite`."""
+  """State of `skip_nonfinite`.
 
-  inner_state: Any  # the wrapped transformation's state, unchanged by skipped steps.
-  skipped: jax.Array  # int32 scalar: number of steps skipped so far.
+  Attributes:
+    inner_state: the wrapped transformation's state, unchanged by skipped steps.
+    skipped: int32, shape ``()``: the number of steps skipped so far.
+  """
+
+  inner_state: optax.OptState
+  skipped: jax.Array
 
 
 def all_finite(tree: Any) -> jax.Array:
@@ -83,12 +88,12 @@ def skip_nonfinite(inner: optax.GradientTransformation) -> optax.GradientTransfo
       # those dtypes. Traced again only then.
       out = jax.eval_shape(apply, operand)
 
-      def skip(operand, out=out):
+      def skip_typed(operand, out=out):
         u, s = operand
         return (jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), out[0]),
                 jax.tree.map(lambda x, t: jnp.asarray(x, t.dtype), s, out[1]))
 
-      new_updates, inner_state = jax.lax.cond(finite, apply, skip, operand)
+      new_updates, inner_state = jax.lax.cond(finite, apply, skip_typed, operand)
     skipped = state.skipped + jnp.where(finite, 0, 1).astype(jnp.int32)
     return new_updates, SkipNonFiniteState(inner_state=inner_state, skipped=skipped)
 

@@ -103,7 +103,7 @@ def state_shardings(tx: Any, params: Any) -> Any:
     if isinstance(node, jax.ShapeDtypeStruct):
       return typed(node) or replicated
     children, treedef = tree_util.tree_flatten(node, is_leaf=lambda x: x is not node)
-    return treedef.unflatten([assign(c) for c in children])
+    return jax.tree.unflatten(treedef, [assign(c) for c in children])
 
   return assign(state)
 

@@ -67,8 +67,8 @@ def check_same_tree(
 
   Returns the tree structure of `got` (its leaves are the positions to zip over).
   """
-  got_def = jax.tree.structure(got)
-  exp_def = jax.tree.structure(expected, is_leaf=expected_is_leaf)
+  got_def: Any = jax.tree.structure(got)
+  exp_def: Any = jax.tree.structure(expected, is_leaf=expected_is_leaf)
   if got_def == exp_def:
     if same_shapes:
       for (path, a), b in zip(tree_util.tree_flatten_with_path(got)[0],
@@ -114,3 +114,8 @@ def require_params(transform: str, params: Any, why: str) -> None:
   if params is None:
     raise ValueError(
         f"{transform} needs the current params ({why}): call update(updates, state, params).")
+
+
+def find_states(opt_state: Any, cls: type) -> list[Any]:
+  found = jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, cls))
+  return [x for x in found if isinstance(x, cls)]

@@ -10,10 +10,15 @@ from __future__ import annotations
 import math
 from typing import Any
 from typing import NamedTuple
+from typing import Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+# A number a preset negates or compares (a Python number, or an array injected by
+# optax.inject_hyperparams).
+Scalar = Union[float, int, jax.Array]
 
 
 def _concrete_float(name: str, value: Any) -> float | None:
@@ -176,7 +181,7 @@ class Rule(NamedTuple):
       check_number(name, value, low=self.low, high=self.high, low_inclusive=self.low_inclusive,
                    high_inclusive=self.high_inclusive)
     elif self.kind == "int":
-      check_int(name, value, low=int(self.low))
+      check_int(name, value, low=int(self.low if self.low is not None else 0))
     elif self.kind == "bool":
       check_bool(name, value)
     elif self.kind in ("dtype", "buffer_dtype"):

@@ -10,9 +10,12 @@ import optax
 from jax.typing import ArrayLike
 from jax.typing import DTypeLike
 
-from adafactor_jax._src import blocks
-from adafactor_jax._src import fused
+from adafactor_jax._src import clipping
+from adafactor_jax._src import engine
+from adafactor_jax._src import masks
+from adafactor_jax._src import scaling
 from adafactor_jax._src import validation
+from adafactor_jax._src import weight_decay as decay_lib
 from adafactor_jax._src.config import preset
 from adafactor_jax._src.factored import decay_rate_pow
 from adafactor_jax._src.factored import scale_by_factored_rms
@@ -36,7 +39,7 @@ def big_vision_adafactor(
     dtype_momentum: DTypeLike = jnp.bfloat16,
     eps: ArrayLike = 1e-30,
     weight_decay: Optional[optax.ScalarOrSchedule] = None,
-    weight_decay_mask: blocks.MaskOrFn = None,
+    weight_decay_mask: masks.MaskOrFn = None,
     stats_dtype: Optional[DTypeLike] = jnp.float32,
 ) -> optax.GradientTransformationExtraArgs:
   r"""The big_vision Adafactor ("Scaling Vision Transformers"): momentum before the learning rate.
@@ -131,12 +134,12 @@ def big_vision_adafactor(
   tx: list[Any] = [scale_by_factored_rms(
       True, decay_rate, decay_offset, min_dim_size_to_factor, eps, capped_decay_rate,
       factor_rule="largest", stats_dtype=stats_dtype)]
-  if not _is_off(clipping_threshold):
-    tx.append(blocks.clip_by_block_rms(clipping_threshold))
-  if not _is_off(momentum):
-    tx.append(blocks.scale_by_momentum(momentum, accumulator_dtype=dtype_momentum))
-  tx.append(blocks.scale_by_learning_rate(learning_rate, flip_sign=False))
+  if clipping_threshold is not None and not _is_off(clipping_threshold):
+    tx.append(clipping.clip_by_block_rms(clipping_threshold))
+  if momentum is not None and not _is_off(momentum):
+    tx.append(scaling.scale_by_momentum(momentum, accumulator_dtype=dtype_momentum))
+  tx.append(scaling.scale_by_learning_rate(learning_rate, flip_sign=False))
   if weight_decay is not None:
-    tx.append(blocks.add_decayed_weights(weight_decay, weight_decay_mask))
-  tx.append(blocks.scale_by_learning_rate(1.0))  # descent: flip the sign
-  return fused.chain(*tx)
+    tx.append(decay_lib.add_decayed_weights(weight_decay, weight_decay_mask))
+  tx.append(scaling.scale_by_learning_rate(1.0))  # descent: flip the sign
+  return engine.chain(*tx)

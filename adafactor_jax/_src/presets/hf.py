@@ -9,9 +9,11 @@ import jax.numpy as jnp
 import optax
 from jax.typing import ArrayLike
 
-from adafactor_jax._src import blocks
-from adafactor_jax._src import fused
+from adafactor_jax._src import clipping
+from adafactor_jax._src import engine
+from adafactor_jax._src import scaling
 from adafactor_jax._src import validation
+from adafactor_jax._src import weight_decay as decay_lib
 from adafactor_jax._src.config import preset
 from adafactor_jax._src.factored import scale_by_factored_rms
 
@@ -21,7 +23,7 @@ def hf_adafactor(
     lr: Optional[optax.ScalarOrSchedule] = None,
     eps: tuple[ArrayLike, ArrayLike] = (1e-30, 1e-3),
     clip_threshold: ArrayLike = 1.0,
-    decay_rate: ArrayLike = -0.8,
+    decay_rate: validation.Scalar = -0.8,
     beta1: Optional[ArrayLike] = None,
     weight_decay: ArrayLike = 0.0,
     scale_parameter: bool = True,
@@ -56,8 +58,8 @@ def hf_adafactor(
     decay_rate: exponent of :math:`1 - \beta_{2,t}` (<= 0: PyTorch's ``beta2_decay``).
     beta1: momentum coefficient in [0, 1) applied to the lr-scaled update, or None (no
       momentum; 0.0 still keeps a momentum buffer, as transformers).
-    weight_decay: weight decay (>= 0, or a schedule), multiplied by the step size :math:`\eta_t` (which
-      includes the parameter scale).
+    weight_decay: weight decay (>= 0, or a schedule), multiplied by the step size :math:`\eta_t`
+      (which includes the parameter scale).
     scale_parameter: multiply the step by :math:`\max(\epsilon_2, \mathrm{RMS}(p))`.
     relative_step: use :math:`\rho_t` instead of `lr`.
     warmup_init: with `relative_step`, warm the relative step up linearly (``1e-6 * t``).
@@ -125,24 +127,24 @@ def hf_adafactor(
     validation.check("beta1", beta1)
   validation.check("weight_decay", weight_decay)
 
-  rho = (blocks.relative_step_size(1e-2, warmup_rate=1e-6 if warmup_init else None)
+  rho = (scaling.relative_step_size(1e-2, warmup_rate=1e-6 if warmup_init else None)
          if relative_step else lr)
   tx: list[Any] = [
       scale_by_factored_rms(decay_rate=-decay_rate, min_dim_size_to_factor=0, epsilon=eps1,
                             factor_rule="last", stats_dtype=jnp.float32),
-      blocks.clip_by_block_rms(clip_threshold),
-      blocks.scale_by_learning_rate(rho, flip_sign=False),
+      clipping.clip_by_block_rms(clip_threshold),
+      scaling.scale_by_learning_rate(rho, flip_sign=False),
   ]
   if scale_parameter:
-    tx.append(blocks.scale_by_param_block_rms(eps2))
+    tx.append(scaling.scale_by_param_block_rms(eps2))
   if beta1 is not None:
-    tx.append(blocks.scale_by_momentum(beta1, accumulator_dtype=jnp.float32))
+    tx.append(scaling.scale_by_momentum(beta1, accumulator_dtype=jnp.float32))
   # Always a block (a concrete 0 adds nothing): see `torch_adafactor`.
   if validation.is_zero(weight_decay):
     decay = 0.0
   else:
-    decay = blocks.times(rho, weight_decay)
-  tx.append(blocks.add_decayed_weights(
+    decay = scaling.times(rho, weight_decay)
+  tx.append(decay_lib.add_decayed_weights(
       decay, param_scale_min=eps2 if scale_parameter else None))
-  tx.append(blocks.scale_by_learning_rate(1.0))  # descent: flip the sign
-  return fused.chain(*tx)
+  tx.append(scaling.scale_by_learning_rate(1.0))  # descent: flip the sign
+  return engine.chain(*tx)

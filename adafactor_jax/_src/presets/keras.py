@@ -1,7 +1,8 @@
 """`keras_adafactor` and `keras_adadelta`: Keras 3's optimizers, argument for argument.
 
 Each preset translates ``keras.optimizers.Adafactor`` / ``Adadelta`` arguments into this package's
-blocks, wrapped in the Keras base-optimizer features of `keras_features` in Keras's order:
+blocks, wrapped in the Keras base-optimizer features (`loss_scaling`, `accumulation`,
+`clipping`, `weight_decay`, `ema`) in Keras's order:
 
 .. code-block:: text
 
@@ -25,10 +26,15 @@ import optax
 from jax.typing import ArrayLike
 from jax.typing import DTypeLike
 
-from adafactor_jax._src import blocks
-from adafactor_jax._src import fused
-from adafactor_jax._src import keras_features as kf
+from adafactor_jax._src import accumulation
+from adafactor_jax._src import clipping
+from adafactor_jax._src import ema
+from adafactor_jax._src import engine
+from adafactor_jax._src import loss_scaling
+from adafactor_jax._src import masks
+from adafactor_jax._src import scaling
 from adafactor_jax._src import validation
+from adafactor_jax._src import weight_decay as decay_lib
 from adafactor_jax._src.adadelta import scale_by_adadelta
 from adafactor_jax._src.config import preset
 from adafactor_jax._src.factored import scale_by_factored_rms
@@ -45,14 +51,14 @@ def _per_update(learning_rate: optax.ScalarOrSchedule,
   return lambda j: learning_rate(k * j + (k - 1))
 
 
-def _weight_decay_mask(exclude: ExcludeFromWeightDecay) -> blocks.MaskOrFn:
+def _weight_decay_mask(exclude: ExcludeFromWeightDecay) -> masks.MaskOrFn:
   if exclude is None:
     return None
   if isinstance(exclude, str):
     exclude = [exclude]
   leaves = jax.tree.leaves(exclude)
   if isinstance(exclude, (list, tuple)) and all(isinstance(x, str) for x in leaves):
-    return blocks.mask_by_path(exclude=list(exclude))
+    return masks.mask_by_path(exclude=list(exclude))
   if leaves and all(isinstance(x, (bool, np.bool_)) for x in leaves):
     return jax.tree.map(lambda x: not bool(x), exclude)
   raise ValueError(
@@ -97,31 +103,31 @@ def _keras_base(core, *, learning_rate, weight_decay, clipnorm, clipvalue, globa
   stats_dtype = validation.as_dtype(stats_dtype)  # (checked by the preset)
   inner: list[Any] = []
   if clipnorm is not None:
-    inner.append(kf.clip_by_leaf_norm(clipnorm))
+    inner.append(clipping.clip_by_leaf_norm(clipnorm))
   elif global_clipnorm is not None:
-    inner.append(kf.clip_by_global_norm(global_clipnorm))
+    inner.append(clipping.clip_by_global_norm_nan_on_nonfinite(global_clipnorm))
   elif clipvalue is not None:
-    inner.append(kf.clip_by_value(clipvalue))
+    inner.append(clipping.clip_by_value(clipvalue))
   if weight_decay is not None:
-    core = kf.with_decoupled_weight_decay(core, weight_decay, _per_update(learning_rate, k),
+    core = decay_lib.with_decoupled_weight_decay(core, weight_decay, _per_update(learning_rate, k),
                                           mask=_weight_decay_mask(exclude_from_weight_decay))
   inner.append(core)
-  inner_tx = inner[0] if len(inner) == 1 else fused.chain(*inner)
+  inner_tx = inner[0] if len(inner) == 1 else engine.chain(*inner)
   tx: list[Any] = []
   if loss_scale_factor is not None:
-    tx.append(kf.static_loss_scale(loss_scale_factor))
-  tx.append(kf.accumulate_gradients(inner_tx, k, accumulator_dtype=stats_dtype)
+    tx.append(loss_scaling.static_loss_scale(loss_scale_factor))
+  tx.append(accumulation.accumulate_gradients(inner_tx, k, accumulator_dtype=stats_dtype)
             if k is not None else inner_tx)
   if use_ema:
-    tx.append(kf.ema_params(ema_momentum, ema_overwrite_frequency,
+    tx.append(ema.ema_params(ema_momentum, ema_overwrite_frequency,
                             gradient_accumulation_steps=k, dtype=stats_dtype))
-  return fused.chain(*tx)
+  return engine.chain(*tx)
 
 
 @preset
 def keras_adafactor(
     learning_rate: optax.ScalarOrSchedule = 0.001,
-    beta_2_decay: ArrayLike = -0.8,
+    beta_2_decay: validation.Scalar = -0.8,
     epsilon_1: ArrayLike = 1e-30,
     epsilon_2: ArrayLike = 0.001,
     clip_threshold: ArrayLike = 1.0,
@@ -173,8 +179,8 @@ def keras_adafactor(
     epsilon_2: floor of the parameter scale (>= 0).
     clip_threshold: update-clipping threshold :math:`d` (> 0).
     relative_step: accepted and recorded for Keras compatibility; it has no effect (as in Keras).
-    weight_decay: if set (>= 0, or a schedule), decoupled weight decay ``var <- var - var*wd*lr`` before each
-      update, with the base learning rate (see `with_decoupled_weight_decay`).
+    weight_decay: if set (>= 0, or a schedule), decoupled weight decay ``var <- var - var*wd*lr``
+      before each update, with the base learning rate (see `with_decoupled_weight_decay`).
     clipnorm: clip each leaf's gradient to this L2 norm (`clip_by_leaf_norm`).
     clipvalue: clip each gradient element to ``[-clipvalue, clipvalue]`` (`clip_by_value`).
     global_clipnorm: clip all gradients to this global L2 norm (`clip_by_global_norm`). At most
@@ -257,13 +263,13 @@ def keras_adafactor(
   del relative_step  # Keras ignores it too (always min(lr, 1/sqrt(t))).
   lr = _per_update(learning_rate, gradient_accumulation_steps)
   stats_dtype = validation.check("stats_dtype", stats_dtype)
-  core = fused.chain(
+  core = engine.chain(
       scale_by_factored_rms(factored=True, decay_rate=-beta_2_decay, min_dim_size_to_factor=0,
                             epsilon=epsilon_1, factor_rule="last", stats_dtype=stats_dtype),
-      blocks.clip_by_block_rms(clip_threshold),
-      blocks.scale_by_learning_rate(blocks.relative_step_size(lr), flip_sign=False),
-      blocks.scale_by_param_block_rms(epsilon_2),
-      blocks.scale_by_learning_rate(1.0),  # descent: flip the sign
+      clipping.clip_by_block_rms(clip_threshold),
+      scaling.scale_by_learning_rate(scaling.relative_step_size(lr), flip_sign=False),
+      scaling.scale_by_param_block_rms(epsilon_2),
+      scaling.scale_by_learning_rate(1.0),  # descent: flip the sign
   )
   return _keras_base(
       core, learning_rate=learning_rate, weight_decay=weight_decay, clipnorm=clipnorm,
@@ -307,8 +313,8 @@ def keras_adadelta(
       Keras's default 1e-3 makes the first steps tiny (about ``1.4e-6``); use 1.0 for the paper.
     rho: decay of both averages, in [0, 1].
     epsilon: added inside both square roots (>= 0).
-    weight_decay: if set (>= 0, or a schedule), decoupled weight decay ``var <- var - var*wd*lr`` before each
-      update, with the base learning rate (see `with_decoupled_weight_decay`).
+    weight_decay: if set (>= 0, or a schedule), decoupled weight decay ``var <- var - var*wd*lr``
+      before each update, with the base learning rate (see `with_decoupled_weight_decay`).
     clipnorm: clip each leaf's gradient to this L2 norm (`clip_by_leaf_norm`).
     clipvalue: clip each gradient element to ``[-clipvalue, clipvalue]`` (`clip_by_value`).
     global_clipnorm: clip all gradients to this global L2 norm (`clip_by_global_norm`). At most
@@ -366,8 +372,8 @@ def keras_adadelta(
   validation.check("epsilon", epsilon)
   lr = _per_update(learning_rate, gradient_accumulation_steps)
   stats_dtype = validation.check("stats_dtype", stats_dtype)
-  core = fused.chain(scale_by_adadelta(rho, epsilon, stats_dtype=stats_dtype),
-                     blocks.scale_by_learning_rate(lr))
+  core = engine.chain(scale_by_adadelta(rho, epsilon, stats_dtype=stats_dtype),
+                     scaling.scale_by_learning_rate(lr))
   return _keras_base(
       core, learning_rate=learning_rate, weight_decay=weight_decay, clipnorm=clipnorm,
       clipvalue=clipvalue, global_clipnorm=global_clipnorm, use_ema=use_ema,

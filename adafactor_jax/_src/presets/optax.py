@@ -15,10 +15,13 @@ import optax
 from jax.typing import ArrayLike
 from jax.typing import DTypeLike
 
-from adafactor_jax._src import blocks
+from adafactor_jax._src import clipping
+from adafactor_jax._src import engine
 from adafactor_jax._src import factoring
-from adafactor_jax._src import fused
+from adafactor_jax._src import masks
+from adafactor_jax._src import scaling
 from adafactor_jax._src import validation
+from adafactor_jax._src import weight_decay as decay_lib
 from adafactor_jax._src.adadelta import scale_by_adadelta
 from adafactor_jax._src.config import preset
 from adafactor_jax._src.factored import scale_by_factored_rms
@@ -38,7 +41,7 @@ def adafactor(
     weight_decay_rate: Optional[optax.ScalarOrSchedule] = None,
     eps: ArrayLike = 1e-30,
     factored: bool = True,
-    weight_decay_mask: blocks.MaskOrFn = None,
+    weight_decay_mask: masks.MaskOrFn = None,
     *,
     factor_rule: factoring.FactorRule = "largest",
     stats_dtype: Optional[DTypeLike] = jnp.float32,
@@ -162,7 +165,7 @@ def adafactor(
   if isinstance(multiply_by_parameter_scale, (bool, np.bool_)):
     scale_mask = None
   else:
-    scale_mask = blocks.mask_by_first_match(multiply_by_parameter_scale,
+    scale_mask = masks.mask_by_first_match(multiply_by_parameter_scale,
                                             "multiply_by_parameter_scale")
   if weight_decay_rate_lr_exponent is not None:
     # Whatever its value, a given exponent puts the decay block in (a concrete 0, t5x's off, adds
@@ -178,23 +181,23 @@ def adafactor(
   block_rule = rules if rules.patterns else None
   tx: list[Any] = []
   if global_norm_clip_threshold is not None:
-    tx.append(blocks.clip_by_global_norm_fused(global_norm_clip_threshold))
+    tx.append(clipping.clip_by_global_norm(global_norm_clip_threshold))
   tx.append(scale_by_factored_rms(
       factored, decay_rate, decay_offset, min_dim_size_to_factor, eps,
       factor_rule=rules, stats_dtype=stats_dtype))
   if clipping_threshold is not None:
-    tx.append(blocks.clip_by_block_rms(clipping_threshold, factor_rule=block_rule))
+    tx.append(clipping.clip_by_block_rms(clipping_threshold, factor_rule=block_rule))
   if learning_rate is not None:
-    tx.append(blocks.scale_by_learning_rate(learning_rate, flip_sign=False))
+    tx.append(scaling.scale_by_learning_rate(learning_rate, flip_sign=False))
   if scale_mask is not None or multiply_by_parameter_scale:
-    tx.append(blocks.scale_by_param_block_rms(max_scale=max_parameter_scale,
+    tx.append(scaling.scale_by_param_block_rms(max_scale=max_parameter_scale,
                                               factor_rule=block_rule, mask=scale_mask))
   if momentum is not None:
-    tx.append(blocks.scale_by_momentum(momentum, accumulator_dtype=dtype_momentum))
+    tx.append(scaling.scale_by_momentum(momentum, accumulator_dtype=dtype_momentum))
   if weight_decay_rate is not None:
-    tx.append(blocks.add_decayed_weights(weight_decay_rate, weight_decay_mask))
-  tx.append(blocks.scale_by_learning_rate(1.0))  # descent: flip the sign
-  return fused.chain(*tx)
+    tx.append(decay_lib.add_decayed_weights(weight_decay_rate, weight_decay_mask))
+  tx.append(scaling.scale_by_learning_rate(1.0))  # descent: flip the sign
+  return engine.chain(*tx)
 
 
 def _is_on(x: Any) -> bool:
@@ -232,7 +235,7 @@ def adadelta(
     rho: ArrayLike = 0.9,
     eps: ArrayLike = 1e-6,
     weight_decay: ArrayLike = 0.0,
-    weight_decay_mask: blocks.MaskOrFn = None,
+    weight_decay_mask: masks.MaskOrFn = None,
     *,
     stats_dtype: Optional[DTypeLike] = jnp.float32,
 ) -> optax.GradientTransformationExtraArgs:
@@ -287,7 +290,7 @@ def adadelta(
   validation.check("weight_decay_mask", weight_decay_mask)
   # Always a decay block, as optax (a concrete 0 adds nothing): the state's structure does not
   # depend on the rate's value, which optax.inject_hyperparams injects as an array.
-  return fused.chain(
-      blocks.add_decayed_weights(weight_decay, weight_decay_mask),
+  return engine.chain(
+      decay_lib.add_decayed_weights(weight_decay, weight_decay_mask),
       scale_by_adadelta(rho, eps, stats_dtype=stats_dtype),
-      blocks.scale_by_learning_rate(1.0 if learning_rate is None else learning_rate))
+      scaling.scale_by_learning_rate(1.0 if learning_rate is None else learning_rate))

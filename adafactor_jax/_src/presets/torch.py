@@ -10,9 +10,11 @@ import optax
 from jax.typing import ArrayLike
 from jax.typing import DTypeLike
 
-from adafactor_jax._src import blocks
-from adafactor_jax._src import fused
+from adafactor_jax._src import clipping
+from adafactor_jax._src import engine
+from adafactor_jax._src import scaling
 from adafactor_jax._src import validation
+from adafactor_jax._src import weight_decay as decay_lib
 from adafactor_jax._src.config import preset
 from adafactor_jax._src.factored import scale_by_factored_rms
 
@@ -20,7 +22,7 @@ from adafactor_jax._src.factored import scale_by_factored_rms
 @preset
 def torch_adafactor(
     lr: optax.ScalarOrSchedule = 1e-2,
-    beta2_decay: ArrayLike = -0.8,
+    beta2_decay: validation.Scalar = -0.8,
     eps: tuple[Optional[ArrayLike], ArrayLike] = (None, 1e-3),
     d: ArrayLike = 1.0,
     weight_decay: ArrayLike = 0.0,
@@ -110,21 +112,21 @@ def torch_adafactor(
 
   tx: list[Any] = []
   if maximize:
-    tx.append(blocks.scale_by_learning_rate(1.0))  # g -> -g
+    tx.append(scaling.scale_by_learning_rate(1.0))  # g -> -g
   tx += [
       scale_by_factored_rms(
           decay_rate=-beta2_decay, min_dim_size_to_factor=0, epsilon=eps1,
           factor_rule="last", stats_dtype=stats_dtype, epsilon_mode="clamp"),
-      blocks.clip_by_block_rms(d),
-      blocks.scale_by_learning_rate(blocks.relative_step_size(lr), flip_sign=False),
-      blocks.scale_by_param_block_rms(eps2),
+      clipping.clip_by_block_rms(d),
+      scaling.scale_by_learning_rate(scaling.relative_step_size(lr), flip_sign=False),
+      scaling.scale_by_param_block_rms(eps2),
   ]
   # Always a block (a concrete 0 adds nothing), so that the state's structure does not depend
   # on the rate's value (optax.inject_hyperparams injects it as an array).
   if validation.is_zero(weight_decay):
     decay = 0.0
   else:
-    decay = blocks.times(lr, weight_decay)
-  tx.append(blocks.add_decayed_weights(decay))
-  tx.append(blocks.scale_by_learning_rate(1.0))  # descent: flip the sign
-  return fused.chain(*tx)
+    decay = scaling.times(lr, weight_decay)
+  tx.append(decay_lib.add_decayed_weights(decay))
+  tx.append(scaling.scale_by_learning_rate(1.0))  # descent: flip the sign
+  return engine.chain(*tx)
