@@ -23,8 +23,13 @@ def pytest_addoption(parser):
                         "numpy, no test that reads one XLA version's compiled program")
 
 
+def _core_only(config) -> bool:
+  """``--core``, or the fast tier (``-m unit``), which needs the runtime dependencies only."""
+  return config.getoption("--core") or "unit" in (config.getoption("markexpr") or "")
+
+
 def pytest_ignore_collect(collection_path, config):
-  if config.getoption("--core") and collection_path.name in NOT_CORE:
+  if _core_only(config) and collection_path.name in NOT_CORE:
     return True
   return None
 

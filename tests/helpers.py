@@ -72,3 +72,32 @@ def assert_trees_close(a, b, rtol: float, atol: float, msg: str = "") -> None:
     scale = max(1.0, float(np.max(np.abs(y64)))) if y64.size else 1.0
     np.testing.assert_allclose(np.asarray(x, np.float64), y64, rtol=rtol,
                                atol=atol * scale, err_msg=f"{msg} at {jax.tree_util.keystr(path)}")
+
+
+def small_tree(seed: int = 0, dtype=jnp.float32) -> dict:
+  """A small mixed tree for the fast tier: a scalar, vectors, matrices (one factored at the
+  default threshold of 8 used by the unit tests), a rank-3 and a rank-4 leaf, nested."""
+  rng = np.random.default_rng(seed)
+  shapes = {"scalar": (), "bias": (7,), "kernel": (12, 10), "t3": (4, 9, 8),
+            "nested": {"a": (3, 8), "b": [(2,), (16, 9)]}}
+  return jax.tree.map(lambda s: jnp.asarray(rng.normal(size=s), dtype), shapes,
+                      is_leaf=lambda x: isinstance(x, tuple))
+
+
+def leaf_by_leaf(fn, *trees):
+  """`fn` applied to the leaves of `trees` at each key path (the reference of a per-leaf
+  block), as a tree like the first; jitted, as the blocks are in the tests, so that XLA treats
+  the same arithmetic alike (it contracts ``a + b * c`` into a fused multiply-add where the CPU
+  has one, in both)."""
+  return jax.jit(lambda *ts: jax.tree.map(fn, *ts))(*trees)
+
+
+def run_block(tx: optax.GradientTransformation, grads_list, params, *, jit: bool = True):
+  """The updates of `tx` for each gradient tree of `grads_list` (params fixed), and its state."""
+  state = tx.init(grads_list[0] if params is None else params)
+  update = jax.jit(tx.update) if jit else tx.update
+  out = []
+  for g in grads_list:
+    u, state = update(g, state, params)
+    out.append(u)
+  return out, state

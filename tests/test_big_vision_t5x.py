@@ -435,18 +435,21 @@ MOMENTUM_PRESETS = {  # golden D: momentum 0.9 after the learning rate
 }
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("name", list(PAPER_PRESETS))
 def test_golden_a_paper_defaults(name):
   check_golden(PAPER_PRESETS[name](), W2, G2, GOLDEN_A_2D, f"A 2-D {name}")
   check_golden(PAPER_PRESETS[name](), W1, G1, GOLDEN_A_1D, f"A 1-D {name}")
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("name", list(LR_01_PRESETS))
 def test_golden_b_lr_01(name):
   check_golden(LR_01_PRESETS[name](), W2, G2, GOLDEN_B_2D, f"B 2-D {name}")
   check_golden(LR_01_PRESETS[name](), W1, G1, GOLDEN_B_1D, f"B 1-D {name}")
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("name", list(LAST2_PRESETS))
 def test_golden_c_last_two_dims(name):
   out = run(LAST2_PRESETS[name](), jnp.asarray(W3, jnp.float32),
@@ -464,16 +467,19 @@ def test_golden_c_largest_vs_last():
   assert np.max(np.abs(np.asarray(GOLDEN_C_LAST2) - np.asarray(GOLDEN_C_LARGEST2))) > 0.09
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("name", list(MOMENTUM_PRESETS))
 def test_golden_d_momentum_after_lr(name):
   check_golden(MOMENTUM_PRESETS[name](), W2, G2, GOLDEN_D, f"D {name}")
 
 
+@pytest.mark.unit
 def test_golden_e_adadelta():
   check_golden(af.adadelta(1.0, rho=0.95, eps=1e-7), W2, G2, GOLDEN_E, "E adadelta")
   check_golden(af.adadelta(1.0), W2, G2, GOLDEN_E2, "E2 adadelta")
 
 
+@pytest.mark.unit
 def test_golden_f_weight_decay_placement():
   # Zero gradient, wd = lr = 0.1: the ratio w1 / w0 tells where each library puts the decay.
   w = jnp.asarray(np.random.default_rng(4).normal(size=(3, 4)), jnp.float32)

@@ -64,3 +64,13 @@ def test_ci_runs_the_readme_test_command_verbatim():
                  if ln.strip().startswith("python3 -m venv") and "pytest" in ln)
   ci = (ROOT / ".ci" / "run").read_text().splitlines()
   assert command in [ln.strip() for ln in ci]
+
+
+@pytest.mark.unit
+def test_contributing_worked_example_runs():
+  """CONTRIBUTING.md's block and its test, run in order."""
+  blocks = _python_blocks((ROOT / "CONTRIBUTING.md").read_text())
+  assert len(blocks) == 2
+  namespace: dict = {}
+  for i, block in enumerate(blocks):
+    exec(compile(block, f"CONTRIBUTING.md block {i}", "exec"), namespace)

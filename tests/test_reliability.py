@@ -42,6 +42,7 @@ def bitwise_equal(a, b) -> bool:
       for x, y in zip(la, lb))
 
 
+@pytest.mark.unit
 def test_every_preset_takes_skip_nonfinite():
   assert len(config_lib._REGISTRY) >= 7
   for name, fn in config_lib._REGISTRY.items():
@@ -82,6 +83,7 @@ def test_nonfinite_step_changes_nothing(name):
   assert_trees_close(params, ref_p, 1e-6, 1e-6)
 
 
+@pytest.mark.unit
 def test_skip_nonfinite_of_an_inner_that_changes_dtypes():
   """An inner transformation whose updates (or state) come out in other dtypes than it got
   (optax.adafactor's float32 momentum for bfloat16 gradients): a skipped step gives zeros and
@@ -248,6 +250,7 @@ def test_bf16_long_run_second_moment_tracks_float64():
 
 # ---- checkpoints ----
 
+@pytest.mark.unit
 @pytest.mark.parametrize("name", NAMES)
 def test_save_load_round_trip_every_preset(tmp_path, name):
   tx = PRESETS[name](0.01)
@@ -261,6 +264,7 @@ def test_save_load_round_trip_every_preset(tmp_path, name):
   assert bitwise_equal(af.load_state(path, like=like), state)
 
 
+@pytest.mark.unit
 def test_load_mismatch_errors_name_the_key(tmp_path):
   params = params_of()
   path = tmp_path / "s.npz"
@@ -278,6 +282,7 @@ def test_load_mismatch_errors_name_the_key(tmp_path):
                                           stats_dtype=jnp.bfloat16).init(params))
 
 
+@pytest.mark.unit
 def test_saved_state_file_mode_follows_the_umask(tmp_path):
   """A checkpoint is readable as any file np.savez writes (0o666 less the umask), not 0o600."""
   tx = af.adafactor(0.01)

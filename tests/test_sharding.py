@@ -49,11 +49,13 @@ def test_state_types_on_explicit_and_auto_meshes():
   assert len(results["checked"]) == 2 * len(OPTIONS)
 
 
+@pytest.mark.unit
 def test_state_shardings_needs_named_shardings():
   with pytest.raises(ValueError, match="'w'.*NamedSharding"):
     af.state_shardings(af.adafactor(0.1), {"w": jax.ShapeDtypeStruct((4, 4), jnp.float32)})
 
 
+@pytest.mark.unit
 def test_state_shardings_structure_and_specs_one_device():
   mesh = jax.make_mesh((1, 1), ("data", "model"))
   sds = lambda shape, spec: jax.ShapeDtypeStruct(shape, jnp.float32,
@@ -76,6 +78,7 @@ def test_state_shardings_structure_and_specs_one_device():
   assert sh[1].inner_state.mu["w"].spec == P("data", "model")
 
 
+@pytest.mark.unit
 def test_state_shardings_of_a_single_bare_param():
   """Params that are one array (key path ''): its full-size buffers are sharded like it, not
   replicated; the counters stay replicated."""
