@@ -150,3 +150,44 @@ def test_a_block_names_the_state_it_was_not_given():
   with pytest.raises(ValueError, match="first differing key path: <nothing> in the state passed "
                                        "against 'mu/w'"):
     tx.update({"w": jnp.ones(2)}, optax.EmptyState())
+
+
+def test_then_apart_is_then_with_an_exact_one():
+  g, a = jnp.arange(4.0, dtype=jnp.bfloat16), jnp.full(4, 0.5, jnp.float32)
+  d = formula.Deferred(g)
+  d.then_apart(lambda x, a: (x + a).astype(jnp.bfloat16), a, dtype=jnp.float32)
+  np.testing.assert_array_equal(d.value(), (g.astype(jnp.float32) + a).astype(jnp.bfloat16))
+  assert len(d.inputs) == 3  # g, the one, a
+
+
+def test_ordered_after_is_the_predicate():
+  for pred in (True, False):
+    for x in (jnp.array([jnp.nan, 1.0]), jnp.zeros(0)):
+      assert bool(opaque.ordered_after(jnp.asarray(pred), x)) == pred
+
+
+def test_computed_apart_equals_the_function_and_declares_its_recipe():
+  ctx = runtime.Context({"w": jnp.ones(3)}, {})
+  p, r = jnp.array([1.0, -2.0, 4.0]), jnp.float32(0.25)
+  out = ctx.computed_apart(lambda p, r: p - p * r, [p, r])
+  np.testing.assert_array_equal(out, p - p * r)
+  assert id(out) in ctx.link._recipes
+
+
+def test_in_branch_gives_scratch_seeds_and_restores_them():
+  d = formula.Deferred(jnp.ones(opaque.MIN_SIZE_APART))
+  d.seed = opaque.seed_from(d, None)
+  before = d.seed
+  with runtime.in_branch([d]) as link:
+    assert isinstance(link, chunked.Link)
+    assert d.seed is not before and d.seed.value is before.value
+  assert d.seed is before
+
+
+def test_run_on_formulas_starts_each_leaf():
+  g = {"a": jnp.ones(2), "b": jnp.full(3, 2.0)}
+  start = lambda i, d: d.then(lambda u, c: u * c, jnp.full((1,), 10.0 * (i + 1)))
+  out, state = runtime.run_on_formulas(optax.identity(), None, g, start, optax.EmptyState(),
+                                       None, {})
+  np.testing.assert_array_equal(out["a"], [10.0, 10.0])
+  np.testing.assert_array_equal(out["b"], [40.0, 40.0, 40.0])

@@ -117,20 +117,19 @@ def accumulate_gradients(
 
     def apply(operands):
       grads, acc, inner_state = operands
-      # The mean gradient is the formula that the inner transformation starts from (see
-      # docs/design/engine.md): its reductions compute it, it is not stored.
-      ctx = engine.Context(grads, extra_args)
-      leaves = []
-      for g, a in zip(ctx.treedef.flatten_up_to(grads), ctx.treedef.flatten_up_to(acc)):
-        d = engine.Deferred(g)
-        # g * 1 (exact): the formula's first operation takes a small input, which is offset
-        # where it is computed apart, so that no pass shares g + a with another.
-        dtype, ndim = jnp.result_type(g.dtype, a.dtype), g.ndim
-        d.then(lambda g, a, one, k: ((g.astype(k.dtype) * one + a) / k).astype(g.dtype), a,
-               engine.operand(1, dtype, ndim), engine.operand(k, dtype, ndim))
-        leaves.append(d)
-      new_inner = engine.run_inner(inner, inner_kernel, leaves, inner_state, params, ctx)
-      return jax.tree.map(lambda x, g: x.astype(g.dtype), ctx.finish(leaves), grads), new_inner
+      sums = jax.tree.structure(grads).flatten_up_to(acc)
+
+      def mean_gradient_formula(i, d):
+        # The mean gradient is the formula that the inner transformation starts from: its
+        # reductions compute it, it is not stored.
+        a = sums[i]
+        dtype = jnp.result_type(d.dtype, a.dtype)
+        d.then_apart(lambda x, a, k, out=d.dtype: ((x + a) / k).astype(out), a,
+                     engine.operand(k, dtype, len(d.shape)), dtype=dtype)
+
+      u, new_inner = engine.run_on_formulas(inner, inner_kernel, grads, mean_gradient_formula,
+                                            inner_state, params, extra_args)
+      return jax.tree.map(lambda x, g: x.astype(g.dtype), u, grads), new_inner
 
     def skip(operands):
       grads, _, inner_state = operands
@@ -138,11 +137,10 @@ def accumulate_gradients(
 
     u, inner_state = jax.lax.cond(is_update, apply, skip, (updates, state.acc, state.inner_state))
     # The sums restart from zero after an update. Computed outside the cond, where XLA writes
-    # them in place (a cond's outputs are buffers of their own), and after it (an always false
-    # term from its output: else XLA copies the sums that the cond reads before overwriting).
+    # them in place (a cond's outputs are buffers of their own), and after it.
     acc = jax.tree.map(
         lambda g, a, u: jnp.where(
-            is_update | (engine.opaque_zero(u, jnp.bool_) if u.size else False),
+            engine.ordered_after(is_update, u),
             jnp.zeros_like(a), (g.astype(jnp.result_type(g.dtype, a.dtype)) + a).astype(a.dtype)),
         updates, state.acc, u)
     return u, AccumulateGradientsState(count=optax.safe_increment(state.count), acc=acc,

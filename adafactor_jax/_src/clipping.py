@@ -330,19 +330,8 @@ def clip_by_global_norm_nan_on_nonfinite(
       # The squared norm overflowed (or a gradient is not finite): recompute with the
       # gradients divided by their largest magnitude, so that finite gradients get a finite
       # scale; a NaN or Inf gradient still gives NaN, as Keras.
-      link = engine.Link()  # (a link of this branch: its values stay in it)
-      # So do the zeros and offsets of the leaves' seeds: their caches hold this branch's
-      # tracers while it is traced, then the seeds of before (a later block, such as a second
-      # global clipping, would otherwise reuse values of a finished trace).
-      saved = [d.seed for d in leaves]
-      scratch = {id(x): x.scratch() for x in saved if x is not None}
-      for d in leaves:
-        d.seed = None if d.seed is None else scratch[id(d.seed)]
-      try:
+      with engine.in_branch(leaves) as link:
         return rescaled_scale(link)
-      finally:
-        for d, x in zip(leaves, saved):
-          d.seed = x
 
     def rescaled_scale(link):
       m = jnp.max(jnp.stack([

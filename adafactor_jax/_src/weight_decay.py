@@ -223,13 +223,9 @@ def with_decoupled_weight_decay(
     # The inner transformation reads the decayed params computed from params and rates offset
     # by a zero that XLA cannot fold (see docs/design/engine.md): they are computed inside its
     # reductions and again in the final pass, never stored (nor a broadcast of the constant rates).
-    inner_params = []
-    for p, m, rate in zip(p_leaves, leaf_masks, rates):
-      z = engine.opaque_zero(p, p.dtype) if p.size else None
-      inner_params.append(_decayed(*(engine.offset(x, z) for x in (p, m) + rate)))
-      # half-precision reductions in blocks slice p instead (see `engine.Link.recipe`)
-      ctx.link.recipe(inner_params[-1], _decayed_rounded, [p, m, *rate])
-    inner_params = treedef.unflatten(inner_params)
+    inner_params = treedef.unflatten([
+        ctx.computed_apart(_decayed, [p, m, *rate], rounded=_decayed_rounded)
+        for p, m, rate in zip(p_leaves, leaf_masks, rates)])
     inner_state = engine.run_inner(inner, inner_kernel, leaves, state.inner_state, inner_params,
                                   ctx)
     for d, p, m, (w, r) in zip(leaves, p_leaves, leaf_masks, rates):

@@ -19,20 +19,23 @@ from adafactor_jax._src.engine.opaque import MIN_SIZE_APART
 from adafactor_jax._src.engine.opaque import Seed
 from adafactor_jax._src.engine.opaque import offset
 from adafactor_jax._src.engine.opaque import opaque_zero
+from adafactor_jax._src.engine.opaque import ordered_after
 from adafactor_jax._src.engine.opaque import seed_from
 from adafactor_jax._src.engine.opaque import shared_seed
 from adafactor_jax._src.engine.runtime import Context
 from adafactor_jax._src.engine.runtime import Kernel
 from adafactor_jax._src.engine.runtime import chain
 from adafactor_jax._src.engine.runtime import disabled
+from adafactor_jax._src.engine.runtime import in_branch
 from adafactor_jax._src.engine.runtime import init_empty
 from adafactor_jax._src.engine.runtime import kernel_of
 from adafactor_jax._src.engine.runtime import run_inner
+from adafactor_jax._src.engine.runtime import run_on_formulas
 from adafactor_jax._src.engine.runtime import transformation
 
 __all__ = (
     "BLOCK_ELEMENTS", "MIN_SIZE_APART", "Context", "Deferred", "Kernel", "Link", "Seed", "chain",
-    "disabled", "init_empty", "kernel_of", "largest", "like_leaf", "mean", "offset",
-    "opaque_zero", "operand", "run_inner", "seed_from", "shared_seed", "total",
+    "disabled", "in_branch", "init_empty", "kernel_of", "largest", "like_leaf", "mean", "offset",
+    "opaque_zero", "operand", "ordered_after", "run_inner", "run_on_formulas", "seed_from", "shared_seed", "total",
     "transformation",
 )

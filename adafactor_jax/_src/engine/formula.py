@@ -79,6 +79,14 @@ class Deferred:
       self.reduced_fn = _extended(rfn or fn, reduced or f, k)
     self.inputs = self.inputs + args
 
+  def then_apart(self, f: Callable[..., jax.Array], *args: Any, dtype: Any) -> None:
+    """`then` for an `f` whose first operation combines the update with a leaf-sized input
+    (``u + a``): the update first becomes ``u.astype(dtype) * 1`` (exact), an operation on a
+    small input, which the engine offsets wherever the formula is computed apart, so that no pass
+    shares ``u + a`` with another (docs/design/engine.md)."""
+    one = operand(1, dtype, len(self.shape))
+    self.then(lambda u, one, *a: f(u.astype(dtype) * one, *a), one, *args)
+
   def flush(self) -> None:
     """Applies the pending scalars to the formula, one by one."""
     scalars, self.scalars = self.scalars, []

@@ -97,6 +97,13 @@ def opaque_zero(x: jax.Array, dtype: Any) -> jax.Array:
   return (first(x) > jnp.inf).astype(dtype)
 
 
+def ordered_after(pred: jax.Array, x: jax.Array) -> jax.Array:
+  """`pred`, or an always-false term read from `x`: what uses it is computed after `x` (a
+  ``lax.cond``'s output that reads buffers this computation overwrites: else XLA copies them
+  first)."""
+  return pred | (opaque_zero(x, jnp.bool_) if x.size else False)
+
+
 def shared_seed(count: jax.Array) -> Seed:
   """An exact zero XLA cannot fold, from a step counter (never negative)."""
   return Seed(jnp.minimum(count, 0).astype(jnp.float32))

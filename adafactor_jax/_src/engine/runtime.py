@@ -22,6 +22,7 @@ from adafactor_jax._src import validation
 from adafactor_jax._src.engine.chunked import Link
 from adafactor_jax._src.engine.formula import Deferred
 from adafactor_jax._src.engine.opaque import Seed
+from adafactor_jax._src.engine.opaque import offset
 from adafactor_jax._src.engine.opaque import opaque_zero
 from adafactor_jax._src.engine.opaque import seed_from
 
@@ -69,6 +70,23 @@ def disabled() -> Iterator[None]:
     _ENABLED.pop()
 
 
+@contextlib.contextmanager
+def in_branch(leaves: list[Deferred]) -> Iterator[Link]:
+  """For reductions of `leaves` traced inside a ``lax.cond`` branch: yields a `Link` of the
+  branch's own, and gives the leaves scratch copies of their seeds (empty caches) until the
+  branch is traced. Values traced in a branch must stay in it: a later block (a second global
+  clipping) would otherwise reuse cached zeros and offsets of a finished trace."""
+  saved = [d.seed for d in leaves]
+  scratch = {id(x): x.scratch() for x in saved if x is not None}
+  for d in leaves:
+    d.seed = None if d.seed is None else scratch[id(d.seed)]
+  try:
+    yield Link()
+  finally:
+    for d, x in zip(leaves, saved):
+      d.seed = x
+
+
 class Context:
   """What kernels share in one update: the updates' tree, key paths and extra args."""
 
@@ -106,6 +124,19 @@ class Context:
         x = d.inputs[0]  # (of the leaf's shape)
         self._shared = Seed(opaque_zero(x, jnp.float32) if x.size else jnp.float32(0))
       d.seed = seed_from(d, self._shared)
+
+  def computed_apart(self, fn: Callable[..., jax.Array], inputs: list,
+                     rounded: Optional[Callable[..., jax.Array]] = None) -> jax.Array:
+    """``fn(*inputs)``, elementwise over arrays shaped like the first input, for the blocks
+    after this one to read and never store: computed from inputs offset by an opaque zero read
+    from the first, so that each pass that reads it computes it again, and declared to the
+    chunked reductions, which compute their chunks of it from slices of the inputs (`rounded`:
+    `fn` with each operation rounded as a stored array of it would be; see `Link.recipe`)."""
+    first = inputs[0]
+    z = opaque_zero(first, first.dtype) if first.size else None
+    out = fn(*(offset(x, z) for x in inputs))
+    self.link.recipe(out, rounded or fn, list(inputs))
+    return out
 
   def like(self, leaves: list[Deferred]) -> Any:
     """The updates' tree with a `jax.ShapeDtypeStruct` per leaf (for tree and shape checks)."""
@@ -157,6 +188,20 @@ def _check_state(init_fn: Callable[[Any], Any], updates: Any, state: Any) -> Non
     return
   tree_lib.check_same_tree("update", expected, state, expected_name="the state init makes",
                            got_name="the state passed")
+
+
+def run_on_formulas(transform: optax.GradientTransformationExtraArgs, kernel: Optional[Kernel],
+                    updates: Any, start: Callable[[int, Deferred], None], state: Any,
+                    params: Any, extra_args: dict) -> tuple[Any, Any]:
+  """Runs `transform` (whose kernel is `kernel`, or None) on lazy formulas that `start(i, d)`
+  begins from each leaf ``i`` of `updates` (a wrapper's formula: the mean of accumulated
+  gradients); returns the computed updates and the new state."""
+  ctx = Context(updates, extra_args)
+  leaves = [Deferred(x) for x in ctx.treedef.flatten_up_to(updates)]
+  for i, d in enumerate(leaves):
+    start(i, d)
+  new_state = run_inner(transform, kernel, leaves, state, params, ctx)
+  return ctx.finish(leaves), new_state
 
 
 def run_inner(transform: optax.GradientTransformationExtraArgs, kernel: Optional[Kernel],
