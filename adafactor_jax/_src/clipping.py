@@ -150,6 +150,9 @@ def clip_by_global_norm(max_norm: ArrayLike) -> optax.GradientTransformationExtr
     >>> updates, _ = tx.update({"a": jnp.array([3.0]), "b": jnp.array([4.0])}, None)
     >>> print(updates["a"], updates["b"])
     [0.6] [0.8]
+    >>> updates, _ = tx.update({"a": jnp.array([jnp.inf]), "b": jnp.array([4.0])}, None)
+    >>> print(updates["a"], updates["b"])  # an infinite norm: inf / inf, 4 / inf
+    [nan] [0.]
 
   References:
     Pascanu et al., `On the difficulty of training recurrent neural networks
