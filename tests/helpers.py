@@ -26,6 +26,27 @@ def mixed_tree(seed: int = 0, dtype=jnp.float32, big: bool = True) -> dict:
                       is_leaf=lambda x: isinstance(x, tuple))
 
 
+def contract_tree(dtype=jnp.float32, seed: int = 0, one: bool = True) -> dict:
+  """The contract suite's small tree: a factored-size matrix at threshold 8, a rank-3 leaf, a
+  vector, a scalar and (with `one`) a ``(1, 9)`` leaf."""
+  rng = np.random.default_rng(seed)
+  shapes = {"w": (16, 12), "t3": (3, 16, 10), "b": (12,), "s": ()} | (
+      {"one": (1, 9)} if one else {})
+  return {k: jnp.asarray(rng.normal(size=s), dtype) for k, s in shapes.items()}
+
+
+def grads_like(params, seed: int = 1, scale: float = 1.0):
+  """Normal gradients shaped like `params` (one tree)."""
+  return grads_seq(params, 1, seed, scale)[0]
+
+
+def grads_seq(params, steps: int, seed: int = 1, scale: float = 1.0) -> list:
+  """`steps` trees of normal gradients shaped like `params`, from one generator."""
+  rng = np.random.default_rng(seed)
+  return [jax.tree.map(lambda p: jnp.asarray(scale * rng.normal(size=p.shape), p.dtype), params)
+          for _ in range(steps)]
+
+
 def random_grads(params, rng: np.random.Generator, scale: float = 1.0):
   return jax.tree.map(lambda p: jnp.asarray(scale * rng.normal(size=p.shape), p.dtype), params)
 

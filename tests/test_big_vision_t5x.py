@@ -10,6 +10,7 @@ import numpy as np
 import optax
 import pytest
 from helpers import assert_trees_close
+from helpers import grads_seq
 from helpers import max_rel_diff
 from helpers import run_steps
 
@@ -23,12 +24,6 @@ MAX_SEEN: dict[str, float] = {}
 def run(tx, params, grads):
   """Params after each step, jitted, for an explicit list of gradient trees."""
   return run_steps(tx, params, grads)[0]
-
-
-def random_grads(params, steps=STEPS, seed=1):
-  rng = np.random.default_rng(seed)
-  return [jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), p.dtype), params)
-          for _ in range(steps)]
 
 
 def state_of(state, kind):
@@ -115,7 +110,7 @@ BV_CASES = {
 def test_big_vision_matches_optax_chain(name):
   kw = BV_CASES[name]
   params = bv_params()
-  grads = random_grads(params)
+  grads = grads_seq(params, STEPS)
   a = run(af.big_vision_adafactor(**kw), params, grads)
   b = run(big_vision_reference(**kw), params, grads)
   bf16_momentum = kw.get("momentum", 0.9) and kw.get("dtype_momentum", jnp.bfloat16) == jnp.bfloat16
@@ -134,7 +129,7 @@ def test_big_vision_matches_optax_chain(name):
 def test_big_vision_decay_offset_with_restored_counter():
   # optax's step_offset is finite only once the counter has passed it (a restored run).
   params = bv_params()
-  grads = random_grads(params, steps=10)
+  grads = grads_seq(params, steps=10)
   kw = dict(learning_rate=0.01, decay_offset=6, dtype_momentum=jnp.float32)
   out = []
   for tx in (af.big_vision_adafactor(**kw), big_vision_reference(**kw)):
@@ -300,7 +295,7 @@ def test_t5x_max_parameter_scale():
   rng = np.random.default_rng(2)
   p = {"w": jnp.asarray(rng.normal(size=(16, 12)) * 100, jnp.float32),
        "b": jnp.asarray(rng.normal(size=(12,)) * 0.1, jnp.float32)}
-  grads = random_grads(p, steps=5)
+  grads = grads_seq(p, steps=5)
   capped = run(af.adafactor(0.1, max_parameter_scale=0.5), p, grads)
   # 'w' has RMS ~100, capped to 0.5: like no parameter scale and lr 0.05; 'b' (RMS ~0.1) is
   # scaled normally.
@@ -529,6 +524,6 @@ def test_presets_config_round_trip(make):
   tx2 = af.from_config(json.loads(json.dumps(cfg)))
   assert af.get_config(tx2) == cfg
   params = bv_params()
-  grads = random_grads(params, steps=3)
+  grads = grads_seq(params, steps=3)
   for x, y in zip(run(tx, params, grads), run(tx2, params, grads)):
     assert_trees_close(x, y, 0, 0, cfg["name"])

@@ -8,6 +8,8 @@ import numpy as np
 import optax
 import pytest
 from helpers import assert_trees_close
+from helpers import contract_tree
+from helpers import grads_like
 from presets import INJECTABLE
 from presets import OPTIONS
 from presets import PRESETS
@@ -16,17 +18,6 @@ import adafactor_jax as af
 
 NAMES = sorted(PRESETS)
 OPTION_NAMES = sorted(OPTIONS)
-
-
-def params_of(dtype):
-  rng = np.random.default_rng(0)
-  shapes = {"w": (16, 12), "t3": (3, 16, 10), "b": (12,), "s": (), "one": (1, 9)}
-  return {k: jnp.asarray(rng.normal(size=s), dtype) for k, s in shapes.items()}
-
-
-def grads_like(params, seed=1):
-  rng = np.random.default_rng(seed)
-  return jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), p.dtype), params)
 
 
 def spec(tree):
@@ -49,7 +40,7 @@ def test_state_types_stable_updates_finite(name, dtype):
   operand (on meshes of Explicit and Auto axes: state_types_check.py); updates have the params'
   shapes and dtypes and are finite, and so is the state."""
   tx = OPTIONS[name](0.01)
-  params = params_of(dtype)
+  params = contract_tree(dtype)
   state = tx.init(params)
   expected = types(state)
   assert types(jax.jit(tx.init)(params)) == expected
@@ -75,7 +66,7 @@ def test_state_is_a_scan_carry_and_a_cond_operand(name):
   """Three steps under `lax.scan` (the state in the carry, each step inside a `lax.cond`) equal
   three jitted steps, and the state's types are those of `init`."""
   tx = OPTIONS[name](0.01)
-  params = params_of(jnp.float32)
+  params = contract_tree(jnp.float32)
   grads = [grads_like(params, i) for i in range(3)]
 
   def step(carry, g):
@@ -105,7 +96,7 @@ def test_optax_tree_map_params(name):
   layout) works on every state: the identity changes nothing, and a function reaches exactly the
   subtrees shaped like the params (optax's rule), never the counters."""
   tx = OPTIONS[name](0.01)
-  params = params_of(jnp.float32)
+  params = contract_tree(jnp.float32)
   state = tx.init(params)
   same = optax.tree.map_params(tx, lambda v: v, state)
   assert types(same) == types(state)
@@ -121,7 +112,7 @@ def test_optax_tree_map_params(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_multisteps_zeros_on_non_boundary_steps(name):
   tx = optax.MultiSteps(PRESETS[name](0.01), every_k_schedule=3)
-  params = params_of(jnp.float32)
+  params = contract_tree(jnp.float32)
   state = tx.init(params)
   update = jax.jit(tx.update)
   for i in range(6):
@@ -138,7 +129,7 @@ def test_inject_hyperparams_same_state_and_numbers(name):
   factory, injected, static = INJECTABLE[name]
   plain = factory(**injected, **static)
   inj = optax.inject_hyperparams(factory, static_args=tuple(static))(**injected, **static)
-  params = params_of(jnp.float32)
+  params = contract_tree(jnp.float32)
   s1, s2 = plain.init(params), inj.init(params)
   assert types(s2.inner_state) == types(s1)
   assert types(jax.jit(inj.init)(params).inner_state) == types(s1)
@@ -168,7 +159,7 @@ def test_injected_t5x_weight_decay_exponent(rate, exponent):
             min_dim_size_to_factor=8)
   plain = af.adafactor(**kw)
   inj = optax.inject_hyperparams(af.adafactor, static_args=("min_dim_size_to_factor",))(**kw)
-  params = params_of(jnp.float32)
+  params = contract_tree(jnp.float32)
   s1, s2 = plain.init(params), inj.init(params)
   for i in range(2):
     u1, s1 = jax.jit(plain.update)(grads_like(params, i), s1, params)
@@ -178,7 +169,7 @@ def test_injected_t5x_weight_decay_exponent(rate, exponent):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_masked_leaves_pass_through(name):
-  params = params_of(jnp.float32)
+  params = contract_tree(jnp.float32)
   mask = {k: k != "b" for k in params}
   tx = optax.masked(PRESETS[name](0.01), mask)
   g = grads_like(params)
@@ -190,7 +181,7 @@ def test_masked_leaves_pass_through(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_unknown_extra_args_accepted(name):
   tx = PRESETS[name](0.01)
-  params = params_of(jnp.float32)
+  params = contract_tree(jnp.float32)
   g = grads_like(params)
   u1, _ = tx.update(g, tx.init(params), params, value=jnp.asarray(1.0), unknown_kw="x")
   u2, _ = tx.update(g, tx.init(params), params)
@@ -200,7 +191,7 @@ def test_unknown_extra_args_accepted(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_init_on_shape_dtype_struct(name):
   tx = PRESETS[name](0.01)
-  params = params_of(jnp.float32)
+  params = contract_tree(jnp.float32)
   shapes = jax.tree.map(lambda p: jax.ShapeDtypeStruct(p.shape, p.dtype), params)
   assert spec(tx.init(shapes)) == spec(tx.init(params))
   assert spec(jax.eval_shape(tx.init, shapes)) == spec(tx.init(params))
@@ -209,7 +200,7 @@ def test_init_on_shape_dtype_struct(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_apply_if_finite(name):
   tx = optax.apply_if_finite(PRESETS[name](0.01), max_consecutive_errors=3)
-  params = params_of(jnp.float32)
+  params = contract_tree(jnp.float32)
   state = tx.init(params)
   update = jax.jit(tx.update)
   bad = dict(grads_like(params), w=jnp.full((16, 12), jnp.nan))

@@ -22,6 +22,7 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 import pytest  # noqa: E402
 from helpers import assert_trees_close  # noqa: E402
+from helpers import grads_seq  # noqa: E402
 from helpers import max_rel_diff  # noqa: E402
 from helpers import run_steps  # noqa: E402
 
@@ -57,12 +58,6 @@ def keras_tree(seed: int = 0) -> dict:
             "nested": {"t4": (2, 3, 4, 5), "b": (3,)}}
   return jax.tree.map(lambda s: jnp.asarray(rng.normal(size=s), jnp.float32), shapes,
                       is_leaf=lambda x: isinstance(x, tuple))
-
-
-def grads_seq(params, steps, seed=1, scale=1.0):
-  rng = np.random.default_rng(seed)
-  return [jax.tree.map(lambda p: jnp.asarray(scale * rng.normal(size=p.shape), p.dtype), params)
-          for _ in range(steps)]
 
 
 def run_ours(tx, params, grads):

@@ -15,6 +15,8 @@ import numpy as np
 import optax
 import pytest
 from helpers import assert_trees_close
+from helpers import contract_tree
+from helpers import grads_like
 from presets import PRESETS
 
 import adafactor_jax as af
@@ -22,17 +24,6 @@ from adafactor_jax._src import config as config_lib
 
 HERE = pathlib.Path(__file__).resolve().parent
 NAMES = sorted(PRESETS)
-
-
-def params_of(dtype=jnp.float32):
-  rng = np.random.default_rng(0)
-  shapes = {"w": (16, 12), "t3": (3, 16, 10), "b": (12,), "s": ()}
-  return {k: jnp.asarray(rng.normal(size=s), dtype) for k, s in shapes.items()}
-
-
-def grads_like(params, seed):
-  rng = np.random.default_rng(seed)
-  return jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), p.dtype), params)
 
 
 def bitwise_equal(a, b) -> bool:
@@ -55,7 +46,7 @@ def test_every_preset_takes_skip_nonfinite():
 @pytest.mark.parametrize("name", NAMES)
 def test_nonfinite_step_changes_nothing(name):
   tx = af.skip_nonfinite(PRESETS[name](0.01))
-  params = params_of()
+  params = contract_tree(one=False)
   state = tx.init(params)
   step = jax.jit(lambda p, s, g: (lambda u, s: (optax.apply_updates(p, u), s))(
       *tx.update(g, s, p)))
@@ -70,7 +61,7 @@ def test_nonfinite_step_changes_nothing(name):
   assert int(af.skipped_steps(state)) == 3
   # and the run continues exactly as if the bad steps never happened
   ref_tx = PRESETS[name](0.01)
-  ref_p = params_of()
+  ref_p = contract_tree(one=False)
   ref_s = ref_tx.init(ref_p)
   ref_step = jax.jit(lambda p, s, g: (lambda u, s: (optax.apply_updates(p, u), s))(
       *ref_tx.update(g, s, p)))
@@ -254,7 +245,7 @@ def test_bf16_long_run_second_moment_tracks_float64():
 @pytest.mark.parametrize("name", NAMES)
 def test_save_load_round_trip_every_preset(tmp_path, name):
   tx = PRESETS[name](0.01)
-  params = params_of()
+  params = contract_tree(one=False)
   state = tx.init(params)
   for i in range(2):
     _, state = jax.jit(tx.update)(grads_like(params, i), state, params)
@@ -266,7 +257,7 @@ def test_save_load_round_trip_every_preset(tmp_path, name):
 
 @pytest.mark.unit
 def test_load_mismatch_errors_name_the_key(tmp_path):
-  params = params_of()
+  params = contract_tree(one=False)
   path = tmp_path / "s.npz"
   tx = af.adafactor(0.01, min_dim_size_to_factor=8)
   af.save_state(path, tx.init(params), tx=tx)
@@ -288,7 +279,7 @@ def test_saved_state_file_mode_follows_the_umask(tmp_path):
   tx = af.adafactor(0.01)
   old = os.umask(0o022)
   try:
-    af.save_state(tmp_path / "s.npz", tx.init(params_of()))
+    af.save_state(tmp_path / "s.npz", tx.init(contract_tree(one=False)))
   finally:
     os.umask(old)
   assert (tmp_path / "s.npz").stat().st_mode & 0o777 == 0o644
@@ -296,7 +287,7 @@ def test_saved_state_file_mode_follows_the_umask(tmp_path):
 
 def test_truncated_or_interrupted_write_never_loads(tmp_path):
   tx = af.adafactor(0.01, momentum=0.9)
-  params = params_of()
+  params = contract_tree(one=False)
   state = tx.init(params)
   path = tmp_path / "s.npz"
   af.save_state(path, state)
@@ -336,11 +327,11 @@ def test_orbax_standard_checkpointer_and_sharded_restore(tmp_path):
   mesh = jax.make_mesh((1, 1), ("data", "model"))
   shard = {"w": NamedSharding(mesh, P("data", "model")), "t3": NamedSharding(mesh, P()),
            "b": NamedSharding(mesh, P("model")), "s": NamedSharding(mesh, P())}
-  params = jax.device_put(params_of(), shard)
+  params = jax.device_put(contract_tree(one=False), shard)
   for name in ("adafactor_full", "keras_adafactor_full", "big_vision_adafactor"):
     tx = PRESETS[name](0.01)
     state = tx.init(params)
-    _, state = jax.jit(tx.update)(grads_like(params_of(), 0), state, params)
+    _, state = jax.jit(tx.update)(grads_like(contract_tree(one=False), 0), state, params)
     ckpt = ocp.StandardCheckpointer()
     ckpt.save(tmp_path / name, state)
     ckpt.wait_until_finished()

@@ -15,6 +15,7 @@ import numpy as np
 import optax
 import pytest
 from helpers import assert_trees_close
+from helpers import contract_tree
 from jax.flatten_util import ravel_pytree
 from presets import INJECTABLE
 
@@ -25,12 +26,6 @@ RTOL, ATOL = 1e-6, 1e-7  # another compilation of the same float32 arithmetic
 def preset(name):
   factory, injected, static = INJECTABLE[name]
   return factory(**injected, **static)
-
-
-def params_of(seed=0):
-  rng = np.random.default_rng(seed)
-  shapes = {"w": (16, 12), "t3": (3, 16, 10), "b": (12,), "s": (), "one": (1, 9)}
-  return {k: jnp.asarray(rng.normal(size=s), jnp.float32) for k, s in shapes.items()}
 
 
 def types(tree):
@@ -61,7 +56,7 @@ def grads_for(params, n=3):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_chain_with_optax_transformations(name):
-  params = params_of()
+  params = contract_tree()
   grads = grads_for(params)
   ours, _ = run(preset(name), params, grads)
   chained, _ = run(optax.chain(optax.identity(), preset(name), optax.scale(2.0)), params, grads)
@@ -75,7 +70,7 @@ def _sub(tree, keys):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_masked(name):
-  params = params_of()
+  params = contract_tree()
   grads = grads_for(params)
   mask = {"w": True, "t3": True, "b": False, "s": False, "one": True}
   masked, _ = run(optax.masked(preset(name), mask), params, grads)
@@ -90,7 +85,7 @@ def test_masked(name):
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("wrapper", ["partition", "multi_transform"])
 def test_partition(name, wrapper):
-  params = params_of()
+  params = contract_tree()
   grads = grads_for(params)
   labels = {"w": "ours", "t3": "sgd", "b": "ours", "s": "sgd", "one": "ours"}
   tx = getattr(optax, wrapper)({"ours": preset(name), "sgd": optax.sgd(0.1)}, labels)
@@ -105,7 +100,7 @@ def test_partition(name, wrapper):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_multi_steps(name):
-  params = params_of()
+  params = contract_tree()
   grads = grads_for(params, 2)
   stepped, _ = run(optax.MultiSteps(preset(name), every_k_schedule=2), params, grads)
   assert all(bool(jnp.all(u == 0)) for u in jax.tree.leaves(stepped[0]))
@@ -116,7 +111,7 @@ def test_multi_steps(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_apply_if_finite(name):
-  params = params_of()
+  params = contract_tree()
   grads = grads_for(params)
   bad = dict(grads[0], w=jnp.full((16, 12), jnp.inf))
   guarded, state = run(optax.apply_if_finite(preset(name), max_consecutive_errors=5), params,
@@ -133,7 +128,7 @@ def test_apply_if_finite(name):
 def test_lookahead(name):
   """The fast optimizer is the preset, on the fast params; every second step the slow params
   move half way to the fast ones."""
-  fast = params_of()
+  fast = contract_tree()
   grads = grads_for(fast, 2)
   tx = optax.lookahead(preset(name), sync_period=2, slow_step_size=0.5)
   params = optax.LookaheadParams.init_synced(fast)
@@ -158,7 +153,7 @@ def test_lookahead(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_flatten(name):
   """optax.flatten runs the preset on one vector of all the params (which factors nothing)."""
-  params = params_of()
+  params = contract_tree()
   grads = grads_for(params)
   flat, _ = run(optax.flatten(preset(name)), params, grads)
   ravel = lambda t: ravel_pytree(t)[0]
@@ -174,7 +169,7 @@ def test_flatten_equals_optax(name):
   """The same wrapper around optax's own optimizer: the live reference."""
   factory, injected, static = INJECTABLE[name]
   reference = getattr(optax, name)(**injected, **static)
-  params = params_of()
+  params = contract_tree()
   grads = grads_for(params)
   ours, _ = run(optax.flatten(preset(name)), params, grads)
   theirs, _ = run(optax.flatten(reference), params, grads)
@@ -186,7 +181,7 @@ def test_flatten_equals_optax(name):
 def test_reduce_on_plateau_after(name):
   """optax.contrib.reduce_on_plateau chained after the preset, fed a loss that does not improve:
   the update is the preset's times the plateau's scale, which halves after `patience` steps."""
-  params = params_of()
+  params = contract_tree()
   grads = grads_for(params, 4)
   tx = optax.chain(preset(name), optax.contrib.reduce_on_plateau(factor=0.5, patience=1))
   updates, state = run(tx, params, grads, value=jnp.asarray(1.0))

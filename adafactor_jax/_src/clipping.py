@@ -266,8 +266,7 @@ def clip_by_value(max_value: ArrayLike) -> optax.GradientTransformationExtraArgs
   def kernel(leaves, state, params, ctx):
     del params, ctx
     for d in leaves:
-      d.then(lambda g, v: jnp.clip(g, -v, v).astype(g.dtype),
-             engine.operand(max_value, d.dtype, len(d.shape)))
+      d.then(value_clipped, engine.operand(max_value, d.dtype, len(d.shape)))
     return state
 
   return engine.transformation(engine.init_empty, kernel)
