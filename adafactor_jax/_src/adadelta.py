@@ -100,7 +100,6 @@ def scale_by_adadelta(
     e_gs, e_xs = [], []
     for d, e_g, e_x in zip(leaves, treedef.flatten_up_to(state.e_g),
                            treedef.flatten_up_to(state.e_x)):
-      ctx.seed(d)
       dtype, work = e_g.dtype, jnp.result_type(d.dtype, e_g.dtype)
       new_e_g = ((1.0 - rho) * abs_sq(d.value_apart("v"), dtype) + rho * e_g).astype(dtype)
 

@@ -112,7 +112,6 @@ def clip_by_block_rms(
   def kernel(leaves, state, params, ctx):
     del params
     for d, plan in zip(leaves, block_rms.plans(rules, leaves, ctx)):
-      ctx.seed(d)
       dtype = d.dtype if d.dtype != jnp.float16 else jnp.float32
       # The RMS is a reduction of the update's formula: the update itself is not stored.
       rms = block_rms.rms(functools.partial(d.reduce_apart, "rms", link=ctx.link), d.shape, plan,
@@ -175,7 +174,6 @@ def clip_by_global_norm(max_norm: ArrayLike) -> optax.GradientTransformationExtr
     del params
     sq_norm = 0
     for d in leaves:
-      ctx.seed(d)
       sq_norm = sq_norm + d.reduce_apart("global_norm", engine.total, square, ctx.link)
     g_norm = jnp.array(jnp.sqrt(sq_norm))
     trigger = jnp.squeeze(g_norm < max_norm)
@@ -223,7 +221,6 @@ def clip_by_leaf_norm(max_norm: ArrayLike) -> optax.GradientTransformationExtraA
   def kernel(leaves, state, params, ctx):
     del params
     for d in leaves:
-      ctx.seed(d)
       dtype, ndim = _float_dtype(d.dtype), len(d.shape)
       # The norm is a reduction of the leaf's formula (see docs/design/engine.md): the clipped
       # gradient is not stored.
@@ -313,8 +310,6 @@ def clip_by_global_norm_nan_on_nonfinite(
     if not leaves:
       return state
     dtype = jnp.result_type(*[_float_dtype(d.dtype) for d in leaves])
-    for d in leaves:
-      ctx.seed(d)
     # Each leaf's sum of squares is a reduction of its formula (see docs/design/engine.md): the
     # clipped gradients are not stored.
     sq = jnp.stack([d.reduce_apart("global_norm", engine.total, lambda g: square(g, dtype),
@@ -337,8 +332,8 @@ def clip_by_global_norm_nan_on_nonfinite(
 
     def rescaled_scale(link):
       m = jnp.max(jnp.stack([
-          d.reduce_apart("rescale_max", engine.largest, lambda g: jnp.abs(g.astype(dtype)), link,
-                         full_size=True) for d in leaves]))
+          d.reduce_apart("rescale_max", engine.largest, lambda g: jnp.abs(g.astype(dtype)), link)
+          for d in leaves]))
       sums = []
       for d in leaves:
         e = d.derived(lambda g, m: g.astype(dtype) / m, engine.like_leaf(m, len(d.shape)),

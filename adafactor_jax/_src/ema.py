@@ -138,7 +138,6 @@ def ema_params(
         # Read apart (see docs/design/engine.md): else the update is stored, shared by the average
         # and the overwrite below. The overwrite reads the new average, which the state output
         # stores first (the params that the final pass overwrites are read before it).
-        ctx.seed(d)
         u = d.value_apart("ema")
       new_p = jnp.asarray(p + u).astype(p.dtype)  # as optax.apply_updates
       avg = ema_averaged(a, new_p, mu)

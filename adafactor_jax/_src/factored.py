@@ -198,7 +198,7 @@ def _mean_sq(d: engine.Deferred, plan: factoring.LeafPlan, dtype: jnp.dtype,
   sums = []
   for purpose, axes in (("row", plan.col_dims), ("col", plan.row_dims)):
     sums.append(d.reduce_apart(purpose, functools.partial(engine.mean, axes=axes),
-                               lambda u: square(u, dtype), link, full_size=True))
+                               lambda u: square(u, dtype), link))
   return sums[0], sums[1]
 
 
@@ -383,7 +383,7 @@ def scale_by_factored_rms(
     beta2 = jnp.asarray(decay_rate_fn(step, decay_rate), jnp.float32)
     one_minus_beta2 = 1.0 - beta2
     out_r, out_c, out_v = [], [], []
-    shared_seed = engine.shared_seed(state.count)
+    ctx.reseed(leaves, state.count)
     tinies = {}  # one array per dtype, so that its offsets are computed once (engine.Seed)
     for path, d, r, c, v in zip(ctx.paths, leaves, rows, cols, vs):
       plan = rules.plan(path, d.shape)
@@ -395,7 +395,6 @@ def scale_by_factored_rms(
             f"{name}: the leaf {path!r} of shape {d.shape} does not match the "
             "statistics in the state (was the state built for other params?).")
       dtype = ref.dtype
-      d.seed = engine.seed_from(d, shared_seed)
       cap = jnp.asarray(sq_cap(dtype, math.prod(d.shape)), dtype)
       if epsilon_mode == "add":
         eps, floor = jnp.asarray(epsilon, dtype), None
@@ -430,11 +429,9 @@ def scale_by_factored_rms(
         if floor is None and dtype in FLOORED_DTYPES:
           # Stored at least the smallest normal number, the floor that the update applies
           # anyway: the update is the same, and the update RMS reduces ``u * rsqrt(v)``, equal
-          # to the final pass's ``u * rsqrt(max(v, tiny))`` bit for bit, without the max
-          # (inside XLA:CPU's reductions every operation costs time). A `where`, not a maximum:
-          # XLA would compute a trailing maximum again in the final pass, from the old
-          # statistic, which it would then copy (a full-size temporary).
-          new_v = jnp.where(new_v < tiny, tiny, new_v)
+          # to the final pass's ``u * rsqrt(max(v, tiny))`` bit for bit, in fewer operations
+          # (docs/design/engine.md).
+          new_v = engine.floored(new_v, tiny)
           reduced = _times_floored_rsqrt
         scale, factors = ((_times_rsqrt, (new_v, tiny)) if floor is None else
                           (_times_clamped_rsqrt, (new_v, floor * floor, tiny)))

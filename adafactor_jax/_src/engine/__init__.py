@@ -15,8 +15,11 @@ from adafactor_jax._src.engine.chunked import total
 from adafactor_jax._src.engine.formula import Deferred
 from adafactor_jax._src.engine.formula import like_leaf
 from adafactor_jax._src.engine.formula import operand
+from adafactor_jax._src.engine.opaque import FULL_SIZE
 from adafactor_jax._src.engine.opaque import MIN_SIZE_APART
+from adafactor_jax._src.engine.opaque import PURPOSES
 from adafactor_jax._src.engine.opaque import Seed
+from adafactor_jax._src.engine.opaque import floored
 from adafactor_jax._src.engine.opaque import offset
 from adafactor_jax._src.engine.opaque import opaque_zero
 from adafactor_jax._src.engine.opaque import ordered_after
@@ -34,8 +37,8 @@ from adafactor_jax._src.engine.runtime import run_on_formulas
 from adafactor_jax._src.engine.runtime import transformation
 
 __all__ = (
-    "BLOCK_ELEMENTS", "MIN_SIZE_APART", "Context", "Deferred", "Kernel", "Link", "Seed", "chain",
-    "disabled", "in_branch", "init_empty", "kernel_of", "largest", "like_leaf", "mean", "offset",
-    "opaque_zero", "operand", "ordered_after", "run_inner", "run_on_formulas", "seed_from", "shared_seed", "total",
-    "transformation",
+    "BLOCK_ELEMENTS", "Context", "Deferred", "FULL_SIZE", "Kernel", "Link", "MIN_SIZE_APART",
+    "PURPOSES", "Seed", "chain", "disabled", "floored", "in_branch", "init_empty", "kernel_of",
+    "largest", "like_leaf", "mean", "offset", "opaque_zero", "operand", "ordered_after",
+    "run_inner", "run_on_formulas", "seed_from", "shared_seed", "total", "transformation"
 )

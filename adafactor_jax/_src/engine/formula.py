@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from adafactor_jax._src.engine import chunked
+from adafactor_jax._src.engine.opaque import FULL_SIZE
 from adafactor_jax._src.engine.opaque import Seed
 
 
@@ -40,15 +41,18 @@ class Deferred:
   product at once, as optax does.
   """
 
-  __slots__ = ("fn", "inputs", "shape", "dtype", "seed", "scalars", "reduced_fn", "reduced_for")
+  __slots__ = ("fn", "inputs", "shape", "dtype", "seed", "seeder", "scalars", "reduced_fn",
+               "reduced_for")
 
-  def __init__(self, x: jax.Array):
+  def __init__(self, x: jax.Array, seeder: Optional[Callable[["Deferred"], None]] = None):
     self.reset(x)
     self.shape = tuple(x.shape)
     self.dtype = x.dtype
-    # A float32 zero that XLA cannot fold, distinct for this leaf (see the module docstring);
-    # None until a block with per-leaf state provides one.
+    # A float32 zero that XLA cannot fold, for this leaf (`opaque`): None until a block with
+    # per-leaf state provides one (`runtime.Context.reseed`), or until the formula is first read
+    # apart, when `seeder` (the chain's `runtime.Context.seed`) gives it one.
     self.seed: Optional[Seed] = None
+    self.seeder = seeder
 
   def reset(self, x: jax.Array, fn: Callable[[jax.Array], jax.Array] = _identity) -> None:
     """The update becomes ``fn(x)``, for `x` of this leaf's shape."""
@@ -122,30 +126,34 @@ class Deferred:
     # multiplies into the elementwise pass.
     return u / divisor if factor is None else u * (factor / divisor)
 
-  def value_apart(self, purpose: str, *, full_size: bool = False) -> jax.Array:
-    """The value, computed from inputs that XLA cannot identify with their other uses.
+  def value_apart(self, purpose: str) -> jax.Array:
+    """The value, computed from inputs that XLA cannot identify with their other uses: offset by
+    this leaf's zero times the multiple of `purpose` (`opaque.PURPOSES`).
 
-    Only inputs smaller than the leaf (factors, scalars) are offset, which is free; with
-    `full_size`, leaf-sized ones too (an elementwise add in the reduction), for a formula that
-    has no smaller input.
+    Only inputs smaller than the leaf (factors, scalars) are offset, which is free; for the
+    purposes of `opaque.FULL_SIZE`, leaf-sized ones too (an elementwise add in the reduction),
+    as their formula may have no smaller input.
     """
-    f, inputs = self._apart(purpose, full_size)
+    f, inputs = self._apart(purpose)
     return f(*inputs)
 
   def reduce_apart(self, purpose: str, reduce: Callable[..., jax.Array],
-                   elem: Callable[[jax.Array], jax.Array], link: Optional["chunked.Link"], *,
-                   full_size: bool = False) -> jax.Array:
-    """``reduce(elem(value_apart(purpose)))`` for `reduce` `mean` (its axes given) or `total`,
-    which run in blocks where they take them (the blocks need no offsets: each reads its own
-    slices, or as one block its inputs offset by the link's zero; see `_rows`)."""
+                   elem: Callable[[jax.Array], jax.Array],
+                   link: Optional["chunked.Link"]) -> jax.Array:
+    """``reduce(elem(value_apart(purpose)))`` for `reduce` `mean` (its axes given), `total` or
+    `largest`, which run in chunks where they take them (the chunks need no offsets: each reads
+    its own slices, or as one chunk its inputs offset by the link's zero; see `chunked._rows`)."""
     blocked = link is not None and chunked.blocked(self.inputs, self.shape)
-    f, inputs = self._apart(purpose, full_size, offset=not blocked, reduction=True)
+    f, inputs = self._apart(purpose, offset=not blocked, reduction=True)
     return reduce(lambda *xs: elem(f(*xs)), inputs, self.shape, link=link)
 
-  def _apart(self, purpose: str, full_size: bool, offset: bool = True,
+  def _apart(self, purpose: str, offset: bool = True,
              reduction: bool = False) -> tuple[Callable[..., jax.Array], list]:
     """`value_apart` as ``f(*inputs)``: the formula and its offset inputs (not offset with
     ``offset=False``); for a `reduction`, its shorter form where it has one (see `then`)."""
+    if self.seed is None and self.seeder is not None:
+      self.seeder(self)
+    full_size = purpose in FULL_SIZE
     fn = self.fn
     if reduction and self.reduced_fn is not None and self.reduced_for in (None, purpose):
       fn, self.reduced_for = self.reduced_fn, purpose
@@ -172,7 +180,7 @@ class Deferred:
     `f` may change the dtype, to `dtype` (a value read apart, never a final update)."""
     e = Deferred.__new__(Deferred)
     e.fn, e.inputs, e.shape, e.dtype = self.fn, self.inputs, self.shape, self.dtype
-    e.seed, e.scalars = self.seed, list(self.scalars)
+    e.seed, e.seeder, e.scalars = self.seed, self.seeder, list(self.scalars)
     e.reduced_fn, e.reduced_for = None, None  # its reductions are not this leaf's (see `then`)
     e.then(f, *args)
     e.dtype = dtype

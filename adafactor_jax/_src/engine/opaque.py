@@ -24,7 +24,12 @@ if TYPE_CHECKING:
 # other pass that reads the formula apart from the final one (an unfactored leaf's second moment,
 # Adadelta's E[delta**2], the EMA of the weights).
 PURPOSES = {"row": 1.0, "col": 2.0, "rms": 3.0, "global_norm": 4.0, "v": 5.0, "leaf_norm": 6.0,
-             "rescale_max": 7.0, "rescale": 8.0, "delta": 9.0, "ema": 10.0}
+            "rescale_max": 7.0, "rescale": 8.0, "delta": 9.0, "ema": 10.0}
+
+# The purposes whose reductions offset the leaf-sized inputs too: the row and column means of
+# the squared gradient (the formula is often the gradient alone, with no smaller input to offset)
+# and the largest magnitude of Keras's rescaled global norm.
+FULL_SIZE = frozenset({"row", "col", "rescale_max"})
 
 
 # Leaves of at least this many elements get a zero of their own; smaller ones share one (see
@@ -95,6 +100,13 @@ def opaque_zero(x: jax.Array, dtype: Any) -> jax.Array:
   """A zero of `dtype` that XLA cannot fold, from the first element of the non-empty array `x`
   (``x > inf``: NaN and infinities give zero too)."""
   return (first(x) > jnp.inf).astype(dtype)
+
+
+def floored(x: jax.Array, floor: jax.Array) -> jax.Array:
+  """`x`, at least `floor`, for a value that is stored and then read by the final pass: a
+  `where`, not a `maximum`, which XLA would compute again in the final pass from the old value,
+  which it then copies (a full-size temporary; docs/design/engine.md)."""
+  return jnp.where(x < floor, floor, x)
 
 
 def ordered_after(pred: jax.Array, x: jax.Array) -> jax.Array:

@@ -25,6 +25,7 @@ from adafactor_jax._src.engine.opaque import Seed
 from adafactor_jax._src.engine.opaque import offset
 from adafactor_jax._src.engine.opaque import opaque_zero
 from adafactor_jax._src.engine.opaque import seed_from
+from adafactor_jax._src.engine.opaque import shared_seed
 
 
 class Kernel(Protocol):
@@ -138,6 +139,19 @@ class Context:
     self.link.recipe(out, rounded or fn, list(inputs))
     return out
 
+  def leaves(self, xs: Any) -> list[Deferred]:
+    """A `Deferred` per array of `xs` (the updates' leaves), each seeded by this context when
+    its formula is first read apart (`seed`)."""
+    return [Deferred(x, seeder=self.seed) for x in xs]
+
+  def reseed(self, leaves: list[Deferred], count: jax.Array) -> None:
+    """Gives every leaf a zero anew: a large leaf its own (`seed_from`), the small ones one
+    shared zero read from the step counter `count` (never negative), which traces less than
+    one read from a gradient (`scale_by_factored_rms`, whose state counts steps)."""
+    shared = shared_seed(count)
+    for d in leaves:
+      d.seed = seed_from(d, shared)
+
   def like(self, leaves: list[Deferred]) -> Any:
     """The updates' tree with a `jax.ShapeDtypeStruct` per leaf (for tree and shape checks)."""
     return self.treedef.unflatten([d.aval for d in leaves])
@@ -170,7 +184,7 @@ def _run(kernel: Kernel, init_fn: Callable[[Any], Any], updates: Any, state: Any
   ctx = Context(updates, extra_args)
   if block:
     ctx.check_floating()
-  leaves = [Deferred(x) for x in ctx.treedef.flatten_up_to(updates)]
+  leaves = ctx.leaves(ctx.treedef.flatten_up_to(updates))
   try:
     new_state = kernel(leaves, state, params, ctx)
   except (AttributeError, TypeError, IndexError, KeyError):
@@ -197,7 +211,7 @@ def run_on_formulas(transform: optax.GradientTransformationExtraArgs, kernel: Op
   begins from each leaf ``i`` of `updates` (a wrapper's formula: the mean of accumulated
   gradients); returns the computed updates and the new state."""
   ctx = Context(updates, extra_args)
-  leaves = [Deferred(x) for x in ctx.treedef.flatten_up_to(updates)]
+  leaves = ctx.leaves(ctx.treedef.flatten_up_to(updates))
   for i, d in enumerate(leaves):
     start(i, d)
   new_state = run_inner(transform, kernel, leaves, state, params, ctx)
@@ -214,7 +228,7 @@ def run_inner(transform: optax.GradientTransformationExtraArgs, kernel: Optional
     return kernel(leaves, state, params, ctx)
   updates, state = transform.update(ctx.finish(leaves), state, params, **ctx.extra_args)
   flat = ctx.treedef.flatten_up_to(updates)
-  leaves[:] = [Deferred(x) for x in flat]
+  leaves[:] = ctx.leaves(flat)
   ctx.updates_are(flat)
   return state
 
