@@ -20,7 +20,9 @@ def block_rms(x: jax.Array, plan: factoring.LeafPlan, dtype: DTypeLike,
               link: Optional[engine.Link] = None) -> jax.Array:
   """RMS of `x` over all dims but the batch dims, computed in `dtype`: a scalar when that is all
   dims, else an array that broadcasts against `x` (keepdims). With `link`, a large
-  half-precision `x` is reduced in blocks (`engine.mean`).
+  half-precision `x` is reduced in blocks (`engine.mean`). A bfloat16 `x` is squared in
+  bfloat16 (as optax squares in the param dtype), a float16 one in `dtype` (a float16 square
+  overflows above 256); the mean is taken in `dtype`.
 
   Arithmetic on the scalar stays scalar: on arrays of shape ``(1,) * x.ndim`` XLA's simplifier
   takes four more rounds over the whole program to make it scalar again. `engine.Deferred.scale`
