@@ -261,7 +261,7 @@ TEMP_PRESETS = {
     "hf_adafactor": lambda: af.hf_adafactor(1e-3, relative_step=False, beta1=0.9,
                                             weight_decay=1e-2),
     # f32 momentum: a bf16 buffer (big_vision's default) is read after the step overwrites it,
-    # and XLA copies it first (a temporary of the buffer's size; see the README)
+    # and XLA copies it first (a temporary of the buffer's size; see docs/design/performance-history.md)
     "big_vision_adafactor": lambda: af.big_vision_adafactor(1e-3, weight_decay=1e-4,
                                                             dtype_momentum=jnp.float32),
     # the clipping divide before an unfactored leaf's second moment (qkv)

@@ -156,7 +156,7 @@ def test_float16_statistics_of_ordinary_gradients_equal_optax(scale):
             "small": jnp.asarray(rng.normal(size=(64, 64)), jnp.float16)}
   grads = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape) * scale, jnp.float16),
                        params)
-  # (A square that underflows float16 to zero gives optax an infinite update, README
+  # (A square that underflows float16 to zero gives optax an infinite update, docs/concepts.md
   # "Differences from optax" 2: those elements are left out; they make optax.adafactor's update
   # clipping NaN, so it is compared without it.)
   pairs = [(af.adafactor(0.01, stats_dtype=None, clipping_threshold=None),
