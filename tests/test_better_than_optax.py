@@ -114,7 +114,8 @@ def test_f16_zero_and_tiny_grads_finite(g):
     assert all(bool(jnp.all(u == 0)) for u in jax.tree.leaves(updates))
   theirs = optax.adafactor(0.01)
   updates, _ = jax.jit(theirs.update)(grads, theirs.init(params), params)
-  # optax: eps=1e-30 and g**2 underflow in f16 and 0 * inf = NaN (REFERENCE.md 4, optax 4)
+  # optax: eps=1e-30 and g**2 underflow in f16 and 0 * inf = NaN
+  # (docs/reference-behaviours.md#optax-quirks, item 2)
   assert not all(bool(jnp.all(jnp.isfinite(u))) for u in jax.tree.leaves(updates))
 
 
@@ -174,7 +175,8 @@ def test_adadelta_default_learning_rate_descends():
   theirs = _loss_after(optax.adadelta())
   assert ours < 14.0
   assert ours == pytest.approx(_loss_after(af.adadelta(1.0)), rel=1e-6)
-  assert theirs == pytest.approx(16.44, abs=0.01)  # optax ascends (REFERENCE.md 4, optax 1)
+  # optax ascends (docs/reference-behaviours.md#optax-quirks, item 1)
+  assert theirs == pytest.approx(16.44, abs=0.01)
 
 
 @pytest.mark.references  # optax's alias_test imports scikit-learn
@@ -197,7 +199,8 @@ def test_adadelta_default_learning_rate_passes_the_check_optax_skips():
   assert float(jnp.max(jnp.abs(run(optax.adadelta()) - final))) > 1.0
 
 
-# REFERENCE.md 5.2 golden C: a (4,3,2) leaf, lr = 0.1, 2 steps; the factoring rule matters.
+# Golden C (docs/reference-behaviours.md#golden-c-3-d-factoring-rule):
+# a (4,3,2) leaf, lr = 0.1, 2 steps; the factoring rule matters.
 W3 = [[[1.69, -0.47], [0.03, 0.41], [-0.79, 0.0]], [[0.0, -1.75], [1.02, 0.60], [-0.63, -0.17]],
       [[0.51, -0.26], [-0.24, -1.45], [0.55, 0.12]], [[0.27, -1.53], [1.65, 0.15], [-0.39, 2.03]]]
 G3 = [

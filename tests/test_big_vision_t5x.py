@@ -1,6 +1,6 @@
 """big_vision parity (against the same chain written with optax's public pieces), t5x's published
-test numbers and options, and the cross-library goldens A-F of REFERENCE.md 5.2 through every
-preset that can express them."""
+test numbers and options, and the cross-library goldens A-F
+(docs/reference-behaviours.md#cross-library-goldens) through every preset that can express them."""
 
 from __future__ import annotations
 
@@ -333,7 +333,8 @@ def test_t5x_options_errors():
 
 
 # --------------------------------------------------------------------------------------------
-# Cross-library goldens, REFERENCE.md 5.2 (computed there by running the libraries).
+# Cross-library goldens, docs/reference-behaviours.md#cross-library-goldens
+# (computed by running the libraries).
 
 W2 = [[0.5, -1.0, 1.5], [-2.0, 0.25, 1.0]]
 G2 = [[[0.1, -0.2, 0.3], [0.4, -0.5, 0.6]],
@@ -390,7 +391,8 @@ GOLDEN_E2 = [[[0.4968393023, -0.9968381176, 1.4968378980],
               [-2.0037463560, 0.2496540474, 0.9994090192]],
              [[0.4952606875, -0.9941883670, 1.4900432141],
               [-2.0001879621, 0.2478314173, 0.9946032007]]]
-# The libraries' float32 results agree with these float64 values to <= 1e-7 (REFERENCE.md 5.2).
+# The libraries' float32 results agree with these float64 values to <= 1.3e-7
+# (docs/reference-behaviours.md#cross-library-goldens).
 GOLDEN_ATOL = 2e-7
 
 

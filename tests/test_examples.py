@@ -1,4 +1,4 @@
-"""The examples run (with tiny sizes) and the README's numbers are what the package computes."""
+"""The examples run (with tiny sizes) and the docs' numbers are what the package computes."""
 
 from __future__ import annotations
 
@@ -36,11 +36,11 @@ def test_train_lm_tiny(tmp_path):
   assert ada["state_bytes"] < results["adam"]["state_bytes"]
 
 
-def test_readme_memory_table_is_computed():
+def test_docs_memory_table_is_computed():
   mem = load("state_memory")
   shapes = mem.bert_base_shapes()
   n = sum(x.size for x in jax.tree.leaves(shapes))
-  readme = (ROOT / "README.md").read_text()
+  readme = (ROOT / "docs" / "index.md").read_text()
   assert f"{n:,} parameters" in readme
   for name, nbytes in mem.table(shapes):
     assert re.search(rf"\| {re.escape(name)} \| {nbytes:,} \|", readme), name

@@ -1,9 +1,9 @@
 """Live parity with Keras 3 (JAX backend): `keras_adafactor` and `keras_adadelta`, step by step.
 
 Keras is driven through ``opt.build(vars)`` and a jitted ``opt.stateless_apply``; the params
-after every step must equal Keras's. Also: Keras's own test numbers (REFERENCE.md 5.1), the state
-memory against Keras's ``opt.variables``, construction-time errors, half precision, and the
-config round trip.
+after every step must equal Keras's. Also: Keras's own test numbers
+(docs/reference-behaviours.md#keras-tests), the state memory against Keras's ``opt.variables``,
+construction-time errors, half precision, and the config round trip.
 """
 
 from __future__ import annotations

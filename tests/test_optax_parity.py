@@ -196,7 +196,8 @@ def _docstring_run(tx, steps=5):
 
 
 def test_optax_docstring_goldens():
-  # optax's alias.py doctests (f(x)=sum(x**2) from [1,2,3]); exact values from REFERENCE.md 5.1.
+  # optax's alias.py doctests (f(x)=sum(x**2) from [1,2,3]); exact values from
+  # docs/reference-behaviours.md#optax-doctests
   np.testing.assert_allclose(_docstring_run(af.adafactor(learning_rate=0.003)),
                              [13.922358, 13.845288, 13.768781, 13.692831, 13.617428], rtol=1e-6)
   np.testing.assert_allclose(_docstring_run(af.adadelta(learning_rate=10.0)),
