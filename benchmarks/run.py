@@ -2,6 +2,7 @@
 
     python benchmarks/run.py                      # BERT-base and ViT-B/16 (about 2 minutes)
     python benchmarks/run.py --trees bert vit small --json out.json --plot out.png
+    python benchmarks/run.py --from-json docs/benchmark.json --plot docs/performance.png
 
 For each parameter tree (BERT-base, ViT-B/16, 2,000 small leaves) and optimizer (this library's
 presets, optax.adafactor, optax.adam, keras.optimizers.Adafactor and torch.optim.Adafactor where
@@ -293,30 +294,66 @@ def available_opt_in() -> list[str]:
   return out
 
 
+def _short(name: str) -> str:
+  return (name.replace("adafactor_jax.", "ours: ").replace("keras.optimizers.", "keras ")
+          .replace("torch.optim.", "torch "))
+
+
 def plot(results, path):
-  """Step time and memory (state + compiled temporaries) per optimizer, one panel pair per tree."""
+  """Step time and memory (state + compiled temporaries) per optimizer, one panel pair per tree,
+  each bar labelled with its value (and the step time with its ratio to optax.adam): the memory
+  axis is logarithmic, labelled at its powers of ten only."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  fig, axes = plt.subplots(len(results), 2, figsize=(12, 3.2 * len(results)), squeeze=False)
+  from matplotlib import ticker
+
+  n_opts = max(len(res["rows"]) for res in results)
+  fig, axes = plt.subplots(len(results), 2, squeeze=False,
+                           figsize=(13, 0.9 + (0.45 * n_opts + 1.1) * len(results)))
   for res, (ax_t, ax_m) in zip(results, axes):
     names = list(res["rows"])
-    short = [n.replace("adafactor_jax.", "ours: ").replace("keras.optimizers.", "keras ")
-             .replace("torch.optim.", "torch ") for n in names]
+    rows = [res["rows"][n] for n in names]
+    short = [_short(n) for n in names]
     colors = ["tab:green" if n.startswith("adafactor_jax") else "tab:gray" for n in names]
-    ms = [res["rows"][n]["median_ms"] for n in names]
+    ms = [r["median_ms"] for r in rows]
     ax_t.barh(short, ms, color=colors)
-    ax_t.set_xlabel("step ms (median)")
+    for y, (r, v) in enumerate(zip(rows, ms)):
+      ratio = r.get("vs_optax.adam", float("nan"))
+      label = f" {v:.1f}" + ("" if ratio != ratio else f"  ({ratio:.2f}x adam)")
+      ax_t.text(v, y, label, va="center", fontsize=9)
+    ax_t.set_xlim(0, 1.45 * max(ms))
+    ax_t.set_xlabel("step ms (median), and its ratio to optax.adam's")
     ax_t.set_title(f"{res['tree']} ({res['param_mb']:.0f} MB of params): step time")
-    mem = [res["rows"][n]["state_mb"] + np.nan_to_num(res["rows"][n]["temp_mb"]) for n in names]
+    # PyTorch has no compiled step: its temporaries are nan, its bar is its state alone
+    mem = [max(r["state_mb"] + float(np.nan_to_num(r["temp_mb"])), 1e-3) for r in rows]
     ax_m.barh(short, mem, color=colors)
+    for y, v in enumerate(mem):
+      ax_m.text(v, y, f" {v:,.1f}" if v >= 1 else f" {v:.2g}", va="center", fontsize=9)
     ax_m.set_xscale("log")
-    ax_m.set_xlabel("optimizer state + compiled temporaries, MB (log)")
+    lo = 10.0 ** (np.floor(np.log10(min(mem))) - 1)  # the shortest bar a decade long
+    hi = 10.0 ** np.ceil(np.log10(max(mem) * 6))  # room for the last bar's label
+    ax_m.set_xlim(lo, hi)
+    ax_m.xaxis.set_major_locator(ticker.LogLocator(base=10, numticks=12))
+    ax_m.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:,g}"))
+    ax_m.xaxis.set_minor_formatter(ticker.NullFormatter())  # no labels at 2x, 3x, ... 9x
+    ax_m.set_xlabel("optimizer state + compiled temporaries, MB (log scale)")
     ax_m.set_title(f"{res['tree']}: memory")
     for ax in (ax_t, ax_m):
       ax.invert_yaxis()
+      ax.tick_params(axis="y", length=0)
+  machines = sorted({res["machine"] for res in results if res.get("machine")})
+  if machines:
+    fig.suptitle("; ".join(machines), fontsize=10)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def from_json(path: str) -> list:
+  """The results that ``--json`` wrote to `path`."""
+  with open(path) as f:
+    return json.load(f)
 
 
 def machine() -> str:
@@ -356,7 +393,19 @@ def main(argv=None):
                   help="dtype of the params and gradients")
   ap.add_argument("--json", default="")
   ap.add_argument("--plot", default="", help="write a PNG of step time and memory")
+  ap.add_argument("--from-json", default="", metavar="PATH",
+                  help="run nothing: print the table of a JSON that --json wrote (and with "
+                       "--plot, draw its PNG), e.g. --from-json docs/benchmark_gpu_h100.json "
+                       "--plot docs/performance_gpu_h100.png")
   args = ap.parse_args(argv)
+  if args.from_json:
+    results = from_json(args.from_json)
+    for where in dict.fromkeys(res.get("machine", "machine not recorded") for res in results):
+      print(where)
+    print(markdown(results))
+    if args.plot:
+      plot(results, args.plot)
+    return results
   for name in ("reps", "compile_reps", "steps_per_rep"):
     if getattr(args, name) < 1:
       ap.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")

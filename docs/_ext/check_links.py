@@ -46,7 +46,10 @@ def broken_links(site: pathlib.Path) -> list[str]:
       url = urllib.parse.urlsplit(link)
       if url.scheme or url.netloc or link.startswith(("mailto:", "javascript:")):
         continue  # external
-      target = (page.parent / urllib.parse.unquote(url.path)).resolve() if url.path else page
+      path = urllib.parse.unquote(url.path)
+      # a path from the server's root (the 404 page's links, served for any missing path)
+      base = site if path.startswith("/") else page.parent
+      target = (base / path.lstrip("/")).resolve() if path else page
       if target.is_dir():
         target = target / "index.html"
       where = f"{page.relative_to(site)}: {link}"

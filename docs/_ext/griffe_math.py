@@ -21,7 +21,11 @@ _TEXT = re.compile(r"\\text\{[^}]*\}")
 def _convert(latex: str, display: str) -> str:
   # latex2mathml keeps the backslash of an escaped underscore inside \text{}
   latex = _TEXT.sub(lambda m: m.group(0).replace(r"\_", "_"), latex)
-  return convert(latex, display=display)
+  # Markdown takes a line that starts with <math> for a block of raw HTML: a span keeps an
+  # inline formula inside its paragraph
+  tag = "div" if display == "block" else "span"
+  return f'<{tag} class="math">{convert(latex, display=display)}</{tag}>'
+
 
 
 def _block(latex: str) -> str:
