@@ -10,6 +10,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 # ``references``.
 NOT_CORE = {
     "test_keras_parity.py": "Keras",
+    "test_keras_optimizers.py": "Keras, PyTorch and TensorFlow",
     "test_torch_hf_parity.py": "PyTorch and transformers",
     "test_frameworks.py": "Flax, Haiku and Equinox",
     "test_examples.py": "matplotlib and tqdm; benchmarks that read the compiled HLO",

@@ -387,8 +387,11 @@ def _edges(rule):
   """Values on `rule`'s bounds that it allows."""
   if rule.kind not in ("number", "schedule", "int"):
     return []
-  return [x for x, inclusive in ((rule.low, rule.low_inclusive), (rule.high, rule.high_inclusive))
-          if x is not None and inclusive]
+  edges = [x for x, inclusive in ((rule.low, rule.low_inclusive),
+                                  (rule.high, rule.high_inclusive)) if x is not None and inclusive]
+  if rule.kind == "int":  # an integral float too: R passes every number as a double
+    edges += [float(x) for x in edges]
+  return edges
 
 
 RULED = _ruled_arguments()

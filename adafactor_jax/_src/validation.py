@@ -83,19 +83,31 @@ def check_scalar_or_schedule(name: str, value: Any, **ranges: Any) -> None:
   check_number(name, value, **ranges)
 
 
-def check_int(name: str, value: Any, *, low: int) -> None:
-  """Raises `ValueError` unless `value` is a concrete Python/NumPy integer >= low."""
+def check_int(name: str, value: Any, *, low: int) -> int:
+  """Returns `value` as an int; raises `ValueError` unless it is a concrete integer >= low.
+
+  An integral float (``4.0``) is accepted as that integer: R passes every number as a double, so
+  keras3's ``gradient_accumulation_steps = 4`` arrives as ``4.0``.
+  """
   if isinstance(value, jax.core.Tracer):
     raise ValueError(
         f"{name} decides array shapes and must be a concrete integer, got a traced value; "
         f"with optax.inject_hyperparams pass static_args=({name!r},).")
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-    arr = np.asarray(value) if isinstance(value, (np.ndarray, jax.Array)) else None
-    if arr is None or arr.ndim != 0 or not np.issubdtype(arr.dtype, np.integer):
-      raise ValueError(f"{name} must be an integer >= {low}, got {value!r}.")
-    value = int(arr)
-  if int(value) < low:
+  if isinstance(value, bool):
+    raise ValueError(f"{name} must be an integer >= {low}, got {value!r}.")
+  arr = np.asarray(value) if isinstance(value, (int, float, np.generic, np.ndarray,
+                                                jax.Array)) else None
+  integral = arr is not None and arr.ndim == 0 and (
+      np.issubdtype(arr.dtype, np.integer) or
+      (np.issubdtype(arr.dtype, np.floating) and bool(np.isfinite(arr)) and float(arr) ==
+       int(arr)))
+  if arr is None or not integral:
+    raise ValueError(f"{name} must be an integer >= {low} (or an integral float such as 4.0), "
+                     f"got {value!r}.")
+  as_int = int(arr)
+  if as_int < low:
     raise ValueError(f"{name}={value!r} is out of range: it must be an integer >= {low}.")
+  return as_int
 
 
 def check_choice(name: str, value: Any, choices: tuple[Any, ...]) -> None:
@@ -181,7 +193,7 @@ class Rule(NamedTuple):
       check_number(name, value, low=self.low, high=self.high, low_inclusive=self.low_inclusive,
                    high_inclusive=self.high_inclusive)
     elif self.kind == "int":
-      check_int(name, value, low=int(self.low if self.low is not None else 0))
+      return check_int(name, value, low=int(self.low if self.low is not None else 0))
     elif self.kind == "bool":
       check_bool(name, value)
     elif self.kind in ("dtype", "buffer_dtype"):

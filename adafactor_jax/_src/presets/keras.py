@@ -69,8 +69,10 @@ def _weight_decay_mask(exclude: ExcludeFromWeightDecay) -> masks.MaskOrFn:
 
 def _check_base_args(learning_rate, weight_decay, clipnorm, clipvalue, global_clipnorm, use_ema,
                      ema_momentum, ema_overwrite_frequency, loss_scale_factor,
-                     gradient_accumulation_steps, exclude_from_weight_decay, name) -> None:
-  """Keras's base-optimizer argument checks, with ranges in every message."""
+                     gradient_accumulation_steps, exclude_from_weight_decay,
+                     name) -> tuple[Optional[int], Optional[int]]:
+  """Keras's base-optimizer argument checks, with ranges in every message. Returns
+  ``ema_overwrite_frequency`` and ``gradient_accumulation_steps`` as ints (or None)."""
   if name is not None and not isinstance(name, str):
     raise ValueError(f"name must be a string or None, got {name!r}.")
   validation.check("learning_rate", learning_rate)
@@ -87,12 +89,14 @@ def _check_base_args(learning_rate, weight_decay, clipnorm, clipvalue, global_cl
   validation.check("use_ema", use_ema)
   validation.check("ema_momentum", ema_momentum)
   if ema_overwrite_frequency is not None:
-    validation.check("ema_overwrite_frequency", ema_overwrite_frequency)
+    ema_overwrite_frequency = validation.check("ema_overwrite_frequency", ema_overwrite_frequency)
   if loss_scale_factor is not None:
     validation.check("loss_scale_factor", loss_scale_factor)
   if gradient_accumulation_steps is not None:
-    validation.check("gradient_accumulation_steps", gradient_accumulation_steps)
+    gradient_accumulation_steps = validation.check("gradient_accumulation_steps",
+                                                   gradient_accumulation_steps)
   _weight_decay_mask(exclude_from_weight_decay)  # raises on a malformed argument
+  return ema_overwrite_frequency, gradient_accumulation_steps
 
 
 def _keras_base(core, *, learning_rate, weight_decay, clipnorm, clipvalue, global_clipnorm,
@@ -252,9 +256,10 @@ def keras_adafactor(
       ema_overwrite_frequency not an integer >= 1; a negative or non-finite learning rate, weight
       decay or epsilon; beta_2_decay > 0; clip thresholds or loss_scale_factor <= 0.
   """
-  _check_base_args(learning_rate, weight_decay, clipnorm, clipvalue, global_clipnorm, use_ema,
-                   ema_momentum, ema_overwrite_frequency, loss_scale_factor,
-                   gradient_accumulation_steps, exclude_from_weight_decay, name)
+  ema_overwrite_frequency, gradient_accumulation_steps = _check_base_args(
+      learning_rate, weight_decay, clipnorm, clipvalue, global_clipnorm, use_ema, ema_momentum,
+      ema_overwrite_frequency, loss_scale_factor, gradient_accumulation_steps,
+      exclude_from_weight_decay, name)
   validation.check("beta_2_decay", beta_2_decay)
   validation.check("epsilon_1", epsilon_1)
   validation.check("epsilon_2", epsilon_2)
@@ -365,9 +370,10 @@ def keras_adadelta(
   Raises:
     ValueError: as `keras_adafactor` for the shared arguments; rho outside [0, 1]; epsilon < 0.
   """
-  _check_base_args(learning_rate, weight_decay, clipnorm, clipvalue, global_clipnorm, use_ema,
-                   ema_momentum, ema_overwrite_frequency, loss_scale_factor,
-                   gradient_accumulation_steps, exclude_from_weight_decay, name)
+  ema_overwrite_frequency, gradient_accumulation_steps = _check_base_args(
+      learning_rate, weight_decay, clipnorm, clipvalue, global_clipnorm, use_ema, ema_momentum,
+      ema_overwrite_frequency, loss_scale_factor, gradient_accumulation_steps,
+      exclude_from_weight_decay, name)
   validation.check("rho", rho)
   validation.check("epsilon", epsilon)
   lr = _per_update(learning_rate, gradient_accumulation_steps)
