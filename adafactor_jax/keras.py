@@ -78,11 +78,8 @@ class _Optimizer(keras.optimizers.Optimizer):
   _stats_dtype: Optional[str]
 
   def _dtype_for(self, variable) -> str:
+    """The statistics' dtype, in which the step is computed (Keras: the variable's)."""
     return self._stats_dtype or keras.backend.standardize_dtype(variable.dtype)
-
-  def _compute_dtype(self, variable) -> str:
-    """Keras computes in the variable's dtype; with float32 statistics, in float32."""
-    return self._dtype_for(variable)
 
   def finalize_variable_values(self, var_list):
     # Keras assigns each average itself: on JAX the weight and its average then share one
@@ -251,7 +248,7 @@ class Adafactor(_Optimizer):
     TensorFlow backends; the JAX backend runs `_backend_update_step` over all variables)."""
     index = self._get_variable_index(variable)
     r, c, v = self._r[index], self._c[index], self._v[index]
-    dtype = self._compute_dtype(variable)
+    dtype = self._dtype_for(variable)
     g = ops.cast(gradient, dtype)
     x = ops.cast(variable, dtype)
     lr = ops.cast(learning_rate, dtype)
@@ -372,7 +369,7 @@ class Adadelta(_Optimizer):
     """Keras's Adadelta step for one variable, computed in the averages' dtype."""
     index = self._get_variable_index(variable)
     acc_g, acc_d = self._accumulated_grads[index], self._accumulated_delta_vars[index]
-    dtype = self._compute_dtype(variable)
+    dtype = self._dtype_for(variable)
     lr = ops.cast(learning_rate, dtype)
     g = ops.cast(grad, dtype)
     rho = self.rho

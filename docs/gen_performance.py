@@ -83,9 +83,30 @@ def machine(results: list) -> str:
   return "Machine: " + "; ".join(where) + "."
 
 
+def keras_fit_table(result: dict) -> str:
+  """The table of ``benchmarks/keras_fit.py``'s JSON: ``model.fit`` step time and optimizer
+  bytes, with ratios to keras.optimizers.Adafactor."""
+  rows = result["rows"]
+  ref = rows.get("keras.optimizers.Adafactor")
+  out = ["| optimizer | step ms (median) | min | max | / Keras Adafactor | optimizer bytes | "
+         "state of the matrices, bytes | / Keras Adafactor |",
+         "|---|---:|---:|---:|---:|---:|---:|---:|"]
+  for name, r in rows.items():
+    ratio = r["step_ms"] / ref["step_ms"] if ref else float("nan")
+    mratio = r["matrix_state_bytes"] / ref["matrix_state_bytes"] if ref else float("nan")
+    out.append(f"| `{name}` | {_num(r['step_ms'], 1)} | {_num(r['min_ms'], 1)} | "
+               f"{_num(r['max_ms'], 1)} | {_num(ratio, 2)} | {r['optimizer_bytes']:,} | "
+               f"{r['matrix_state_bytes']:,} | {_num(mratio, 4)} |")
+  return "\n".join(out)
+
+
 def section(name: str, docs: pathlib.Path = DOCS) -> str:
   """What the page holds between ``<!-- table: name -->`` and ``<!-- end table -->``."""
   results = json.loads((docs / name).read_text())
+  if isinstance(results, dict) and results.get("kind") == "keras_fit":
+    return (f"Machine: {results['machine']}; {results['params']:,} parameters, "
+            f"{results['rounds']} rounds of {results['steps']} steps.\n\n"
+            f"{keras_fit_table(results)}\n\n")
   return f"{machine(results)}\n\n{table(results)}\n\n"
 
 

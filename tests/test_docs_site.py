@@ -3,6 +3,7 @@ and every Python block of every page runs (a page's blocks in order, in one fres
 
 from __future__ import annotations
 
+import ast
 import os
 import pathlib
 import re
@@ -53,11 +54,28 @@ def python_blocks(page: str) -> tuple[list[str], list[str]]:
   return run, shown
 
 
+# The public submodules, read without importing them (adafactor_jax.keras imports Keras).
+SUBMODULES = {"keras": ROOT / "adafactor_jax" / "keras.py"}
+
+
+def _submodule_all(path: pathlib.Path) -> list[str]:
+  for node in ast.parse(path.read_text()).body:
+    if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "__all__"
+                                            for t in node.targets):
+      return list(ast.literal_eval(node.value))
+  raise AssertionError(f"{path} has no __all__")
+
+
 @pytest.mark.unit
 def test_every_public_name_has_one_api_entry():
-  entries = re.findall(r"^::: adafactor_jax\.(\w+)$",
+  entries = re.findall(r"^::: adafactor_jax\.([\w.]+)$",
                        "\n".join(p.read_text() for p in (DOCS / "api").glob("*.md")), re.M)
-  assert sorted(entries) == sorted(adafactor_jax.__all__)
+  public = list(adafactor_jax.__all__) + [f"{mod}.{name}" for mod, path in SUBMODULES.items()
+                                          for name in _submodule_all(path)]
+  assert sorted(entries) == sorted(public)
+  modules = {p.stem for p in (ROOT / "adafactor_jax").iterdir()
+             if not p.name.startswith("_") and (p.suffix == ".py" or p.is_dir())}
+  assert modules == set(SUBMODULES)
 
 
 @pytest.mark.unit

@@ -243,3 +243,29 @@ def test_importing_the_package_does_not_import_keras():
   done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
   assert done.returncode == 0 and "ok" in done.stdout, done.stderr
   assert "keras" not in adafactor_jax.__all__
+
+
+def test_docstring_examples_run():
+  import doctest
+  for obj in (afk.Adafactor, afk.Adadelta):
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    tests = doctest.DocTestFinder(recurse=False).find(obj, obj.__name__, globs={})
+    assert tests and tests[0].examples
+    for test in tests:
+      runner.run(test)
+    assert runner.summarize(verbose=False).failed == 0, obj.__name__
+
+
+def test_keras_fit_benchmark_runs_on_a_small_model(tmp_path):
+  """`benchmarks/keras_fit.py` end to end on a small model (no timing assertions)."""
+  import importlib.util
+  spec = importlib.util.spec_from_file_location("keras_fit", ROOT / "benchmarks" / "keras_fit.py")
+  bench = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(bench)
+  out = tmp_path / "k.json"
+  result = bench.main(["--small", "--rounds", "1", "--steps", "2", "--json", str(out)])
+  rows = result["rows"]
+  assert set(rows) == set(bench.OPTIMIZERS) and json.loads(out.read_text())["kind"] == "keras_fit"
+  ours, theirs = rows["adafactor_jax.keras.Adafactor"], rows["keras.optimizers.Adafactor"]
+  assert ours["matrix_state_bytes"] < 0.05 * theirs["matrix_state_bytes"]
+  assert all(r["steps"] == 2 for r in rows.values())
