@@ -31,6 +31,7 @@ ADAFACTOR_CASES: dict[str, dict] = {
     "defaults": {},
     "learning_rate": dict(learning_rate=0.05),
     "schedule": dict(learning_rate=schedule()),
+    "callable": dict(learning_rate=lambda: 0.05),
     "beta_2_decay": dict(learning_rate=0.05, beta_2_decay=-0.5),
     "epsilon_1": dict(learning_rate=0.05, epsilon_1=1e-3),
     "epsilon_2": dict(learning_rate=0.05, epsilon_2=0.5),
@@ -55,6 +56,10 @@ ADADELTA_CASES: dict[str, dict] = {
     "clipnorm": dict(learning_rate=1.0, clipnorm=0.05),
     "use_ema": dict(learning_rate=1.0, use_ema=True, ema_momentum=0.5, ema_overwrite_frequency=2),
     "gradient_accumulation_steps": dict(learning_rate=1.0, gradient_accumulation_steps=2),
+    "combo0": dict(learning_rate=schedule(), rho=0.8, weight_decay=0.05, global_clipnorm=0.1,
+                   loss_scale_factor=16.0),
+    "combo1": dict(learning_rate=2.0, epsilon=1e-4, clipvalue=0.01, use_ema=True,
+                   ema_momentum=0.7, gradient_accumulation_steps=3),
 }
 
 

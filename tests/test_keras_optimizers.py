@@ -269,3 +269,32 @@ def test_keras_fit_benchmark_runs_on_a_small_model(tmp_path):
   ours, theirs = rows["adafactor_jax.keras.Adafactor"], rows["keras.optimizers.Adafactor"]
   assert ours["matrix_state_bytes"] < 0.05 * theirs["matrix_state_bytes"]
   assert all(r["steps"] == 2 for r in rows.values())
+
+
+@pytest.mark.hlo
+def test_step_temporaries_on_jax():
+  """The compiled ``stateless_apply`` (what ``fit`` runs): without Keras's base features, no
+  temporary of the parameters' size (Keras's: one); with them, no more than Keras's own step
+  (its clipping, decay, EMA and accumulation store their results)."""
+  import jax
+
+  def temp_bytes(opt):
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((1024,)), keras.layers.Dense(1024),
+                              keras.layers.Dense(512)])
+    opt.build(model.trainable_variables)
+    params = [v.value for v in model.trainable_variables]
+    grads = [np.ones(v.shape, "float32") for v in params]
+    step = jax.jit(opt.stateless_apply, donate_argnums=(0, 2))
+    compiled = step.lower([v.value for v in opt.variables], grads, params).compile()
+    return compiled.memory_analysis().temp_size_in_bytes, sum(p.nbytes for p in params)
+
+  print()
+  for kw in ({}, dict(weight_decay=0.01, clipnorm=1.0), dict(use_ema=True),
+             dict(gradient_accumulation_steps=2)):
+    ours, param_bytes = temp_bytes(afk.Adafactor(**kw))
+    theirs, _ = temp_bytes(keras.optimizers.Adafactor(**kw))
+    print(f"{kw}: temporaries {ours:,} bytes, Keras's {theirs:,} (params {param_bytes:,})")
+    if not kw:
+      assert ours < 0.01 * param_bytes and theirs > param_bytes
+    assert ours <= theirs + 0.01 * param_bytes
