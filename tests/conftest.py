@@ -36,7 +36,7 @@ def pytest_ignore_collect(collection_path, config):
 
 
 def pytest_collection_modifyitems(config, items):
-  if not config.getoption("--core"):
+  if not _core_only(config):
     return
   keep, drop = [], []
   for item in items:

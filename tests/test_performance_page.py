@@ -94,7 +94,11 @@ def test_run_renders_a_json_without_running(tmp_path, capsys):
   out = capsys.readouterr().out
   assert out.splitlines()[0] == results[0]["machine"]
   assert "| small (17 MB) | adafactor_jax.adafactor | 60.4 |" in out
-  pytest.importorskip("matplotlib")
+
+
+@pytest.mark.references  # matplotlib: not in the core (a runtime-only environment)
+def test_run_plots_a_json_without_running(tmp_path):
+  run = load(ROOT / "benchmarks" / "run.py", "benchmarks_run_plot_from_json")
   png = tmp_path / "p.png"
   run.main(["--from-json", str(DOCS / "benchmark.json"), "--plot", str(png)])
   assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
