@@ -16,9 +16,9 @@ the variables of rank >= 2 (the matrices) apart.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -34,6 +34,12 @@ import adafactor_jax.keras as afk  # noqa: E402
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                 "docs"))
 import gen_performance  # noqa: E402  (the docs' table of this benchmark)
+
+_spec = importlib.util.spec_from_file_location(
+    "adafactor_jax_benchmark_run", os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                                "run.py"))
+run_benchmark = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(run_benchmark)  # its machine(): the CPU model, versions
 
 OPTIMIZERS = {
     "adafactor_jax.keras.Adafactor": lambda: afk.Adafactor(learning_rate=1e-3),
@@ -141,9 +147,8 @@ def main(argv=None) -> dict:
                   "optimizer_bytes": nbytes(model.optimizer.variables),
                   "matrix_state_bytes": matrix_state_bytes(model),
                   "steps": len(times)}
-  machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-             f"keras {keras.__version__} ({keras.backend.backend()}), "
-             f"{time.strftime('%Y-%m-%d')}")
+  machine = (f"{run_benchmark.machine()}, keras {keras.__version__} "
+             f"({keras.backend.backend()}), {time.strftime('%Y-%m-%d')}")
   result = {"kind": "keras_fit", "machine": machine, "params": n_params, "rounds": args.rounds,
             "steps": args.steps, "rows": rows}
   print(f"{machine}; {n_params:,} parameters; {args.rounds} rounds x {args.steps} steps\n")

@@ -161,12 +161,13 @@ def optax_step(tx, params, grads) -> JaxStep:
   return JaxStep(step, params, tx.init(params), grads)
 
 
-def keras_step(params, grads, cls="Adafactor", **kwargs) -> JaxStep:
-  """keras.optimizers.Adafactor (or `cls`) on the JAX backend: its stateless_apply."""
+def keras_step(params, grads, cls="Adafactor", module=None, **kwargs) -> JaxStep:
+  """keras.optimizers.Adafactor (or `cls` of `module`, such as adafactor_jax.keras) on the JAX
+  backend: its stateless_apply."""
   import keras
   leaves = jax.tree.leaves(params)
   kvars = [keras.Variable(np.asarray(x), name=f"v{i}") for i, x in enumerate(leaves)]
-  opt = getattr(keras.optimizers, cls)(learning_rate=1e-3, **kwargs)
+  opt = getattr(module or keras.optimizers, cls)(learning_rate=1e-3, **kwargs)
   opt.build(kvars)
 
   def step(p, s, g):
@@ -203,6 +204,9 @@ def make_step(opt, params, grads):
   if opt.startswith("keras.optimizers."):
     cls, _, suffix = opt.removeprefix("keras.optimizers.").partition("+")
     return keras_step(params, grads, cls, **KERAS_FEATURES.get("+" + suffix, {}))
+  if opt.startswith("adafactor_jax.keras."):  # the Keras optimizer classes
+    import adafactor_jax.keras as afk
+    return keras_step(params, grads, opt.removeprefix("adafactor_jax.keras."), module=afk)
   if opt == "torch.optim.Adafactor":
     return TorchStep(params, grads)
   return optax_step((OPTIMIZERS | FEATURE_OPTIMIZERS)[opt](), params, grads)
@@ -289,6 +293,7 @@ def available_opt_in() -> list[str]:
   """The configurations that run only when named (`FEATURE_OPTIMIZERS`, `KERAS_FEATURES`)."""
   out = list(FEATURE_OPTIMIZERS)
   if _importable("keras"):
+    out += ["adafactor_jax.keras.Adafactor", "adafactor_jax.keras.Adadelta"]
     out += [f"keras.optimizers.Adafactor{suffix}" for suffix in KERAS_FEATURES]
     out.append("keras.optimizers.Adadelta")
   return out
