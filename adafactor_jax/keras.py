@@ -77,6 +77,22 @@ class _Optimizer(keras.optimizers.Optimizer):
 
   _stats_dtype: Optional[str]
 
+  def __init__(self, learning_rate, weight_decay, clipnorm, clipvalue, global_clipnorm, use_ema,
+               ema_momentum, ema_overwrite_frequency, loss_scale_factor,
+               gradient_accumulation_steps, name, stats_dtype, **kwargs):
+    """Checks Keras's base arguments by the presets' rules, then builds Keras's base."""
+    ema_overwrite_frequency, gradient_accumulation_steps, stats_dtype = _check_base(
+        learning_rate, weight_decay, clipnorm, clipvalue, global_clipnorm, use_ema, ema_momentum,
+        ema_overwrite_frequency, loss_scale_factor, gradient_accumulation_steps, name,
+        stats_dtype)
+    super().__init__(
+        learning_rate=learning_rate, name=name, weight_decay=weight_decay, clipnorm=clipnorm,
+        clipvalue=clipvalue, global_clipnorm=global_clipnorm, use_ema=use_ema,
+        ema_momentum=ema_momentum, ema_overwrite_frequency=ema_overwrite_frequency,
+        loss_scale_factor=loss_scale_factor,
+        gradient_accumulation_steps=gradient_accumulation_steps, **kwargs)
+    self._stats_dtype = stats_dtype
+
   def _dtype_for(self, variable) -> str:
     """The statistics' dtype, in which the step is computed (Keras: the variable's)."""
     return self._stats_dtype or keras.backend.standardize_dtype(variable.dtype)
@@ -175,27 +191,19 @@ class Adafactor(_Optimizer):
                ema_overwrite_frequency=None, loss_scale_factor=None,
                gradient_accumulation_steps=None, name=None, *, stats_dtype="float32",
                **kwargs):
-    ema_overwrite_frequency, gradient_accumulation_steps, stats_dtype = _check_base(
-        learning_rate, weight_decay, clipnorm, clipvalue, global_clipnorm, use_ema, ema_momentum,
-        ema_overwrite_frequency, loss_scale_factor, gradient_accumulation_steps, name,
-        stats_dtype)
     validation.check("beta_2_decay", beta_2_decay)
     validation.check("epsilon_1", epsilon_1)
     validation.check("epsilon_2", epsilon_2)
     validation.check("clip_threshold", clip_threshold)
     validation.check("relative_step", relative_step)
-    super().__init__(
-        learning_rate=learning_rate, name=name, weight_decay=weight_decay, clipnorm=clipnorm,
-        clipvalue=clipvalue, global_clipnorm=global_clipnorm, use_ema=use_ema,
-        ema_momentum=ema_momentum, ema_overwrite_frequency=ema_overwrite_frequency,
-        loss_scale_factor=loss_scale_factor,
-        gradient_accumulation_steps=gradient_accumulation_steps, **kwargs)
+    super().__init__(learning_rate, weight_decay, clipnorm, clipvalue, global_clipnorm, use_ema,
+                     ema_momentum, ema_overwrite_frequency, loss_scale_factor,
+                     gradient_accumulation_steps, name, stats_dtype, **kwargs)
     self.beta_2_decay = float(beta_2_decay)
     self.epsilon_1 = float(epsilon_1)
     self.epsilon_2 = float(epsilon_2)
     self.clip_threshold = float(clip_threshold)
     self.relative_step = relative_step
-    self._stats_dtype = stats_dtype
 
   def build(self, var_list):
     """Creates the row and column statistics of each variable of rank >= 2 (a full second
@@ -334,21 +342,13 @@ class Adadelta(_Optimizer):
                ema_momentum=0.99, ema_overwrite_frequency=None, loss_scale_factor=None,
                gradient_accumulation_steps=None, name=None, *, stats_dtype="float32",
                **kwargs):
-    ema_overwrite_frequency, gradient_accumulation_steps, stats_dtype = _check_base(
-        learning_rate, weight_decay, clipnorm, clipvalue, global_clipnorm, use_ema, ema_momentum,
-        ema_overwrite_frequency, loss_scale_factor, gradient_accumulation_steps, name,
-        stats_dtype)
     validation.check("rho", rho)
     validation.check("epsilon", epsilon)
-    super().__init__(
-        learning_rate=learning_rate, name=name, weight_decay=weight_decay, clipnorm=clipnorm,
-        clipvalue=clipvalue, global_clipnorm=global_clipnorm, use_ema=use_ema,
-        ema_momentum=ema_momentum, ema_overwrite_frequency=ema_overwrite_frequency,
-        loss_scale_factor=loss_scale_factor,
-        gradient_accumulation_steps=gradient_accumulation_steps, **kwargs)
+    super().__init__(learning_rate, weight_decay, clipnorm, clipvalue, global_clipnorm, use_ema,
+                     ema_momentum, ema_overwrite_frequency, loss_scale_factor,
+                     gradient_accumulation_steps, name, stats_dtype, **kwargs)
     self.rho = float(rho)
     self.epsilon = float(epsilon)
-    self._stats_dtype = stats_dtype
 
   def build(self, var_list):
     """Creates the two full-size averages of each variable."""
