@@ -23,8 +23,10 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import math
 import os
 import platform
+import re
 import statistics
 import sys
 import time
@@ -37,6 +39,10 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 import adafactor_jax  # noqa: E402
+from adafactor_jax._src.factoring import FactorRules  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bounds as physical  # noqa: E402
 
 
 def _example(name):
@@ -70,7 +76,56 @@ def small_leaves_shapes() -> dict:
   return {f"m{i:04d}": s(64, 64) for i in range(1000)} | {f"v{i:04d}": s(64) for i in range(1000)}
 
 
-TREES = {"bert": bert_base_shapes, "vit": vit_b16_shapes, "small": small_leaves_shapes}
+def stacked(shapes: dict, group: tuple[str, ...], name: str = "layers") -> tuple[dict, dict]:
+  """`shapes` with the layers under `group` (a dict of equal subtrees) stacked into one subtree
+  `name` with a leading layer dim, as models that scan over their layers hold them (t5x,
+  MaxText, big_vision), and the `factor_rule` that gives each stacked leaf the statistics of
+  each of its layers under optax's rule ("largest", 128): the layer dim a batch dim, then the
+  unstacked leaf's row and column dims. With it, the numbers equal the unstacked tree's."""
+  parent = shapes
+  for key in group[:-1]:
+    parent = parent[key]
+  layers = list(parent[group[-1]].values())
+  plan = FactorRules("largest").plan
+  parent[group[-1]] = {name: jax.tree.map(
+      lambda *xs: jax.ShapeDtypeStruct((len(xs),) + xs[0].shape, xs[0].dtype), *layers)}
+  rule = {}
+  for path, leaf in jax.tree_util.tree_leaves_with_path(layers[0]):
+    p = plan("", leaf.shape)
+    labels = ["row" if d in p.row_dims else "col" if d in p.col_dims else "none"
+              for d in range(len(leaf.shape))]
+    key = "/".join(str(k.key) for k in path)
+    rule["^" + re.escape("/".join(group + (name, key))) + "$"] = ("batch", *labels)
+  return shapes, rule
+
+
+def bert_scan_shapes() -> dict:
+  return stacked(bert_base_shapes(), ("encoder",))[0]
+
+
+def vit_scan_shapes() -> dict:
+  return stacked(vit_b16_shapes(), ("layers",))[0]
+
+
+TREES = {"bert": bert_base_shapes, "vit": vit_b16_shapes, "small": small_leaves_shapes,
+         "bert_scan": bert_scan_shapes, "vit_scan": vit_scan_shapes}
+# The factor rules of the stacked trees: this library's adafactor takes them (per-layer
+# statistics, clipping and parameter scale); optax.adafactor has no such rule: its statistics
+# keep the layer dim (each reduces one dim), but its update clipping and parameter scale take
+# the RMS of the whole stacked leaf, so its numbers are not the unstacked tree's.
+SCAN_RULES = {"bert_scan": lambda: stacked(bert_base_shapes(), ("encoder",))[1],
+              "vit_scan": lambda: stacked(vit_b16_shapes(), ("layers",))[1]}
+# Which bound each optimizer has (bounds.step_bytes): its algorithm, factoring rule and the
+# itemsize of its statistics (None: the param dtype). Only these exact configurations: one
+# without the update clipping or the parameter scale (torch's, the "+no_..." ones) moves fewer
+# bytes than bounds.step_bytes counts, and Keras's base features (and Keras's own Adafactor, with
+# its full-size velocity) more.
+BOUND_KINDS = {
+    "adafactor_jax.adafactor": ("adafactor", "largest", 4),
+    "adafactor_jax.keras_adafactor": ("adafactor", "last", 4),
+    "optax.adafactor": ("adafactor", "largest", None),
+    "optax.adam": ("adam", "largest", None),
+}
 OPTIMIZERS = {
     "adafactor_jax.adafactor": lambda: adafactor_jax.adafactor(1e-3),
     "adafactor_jax.keras_adafactor": lambda: adafactor_jax.keras_adafactor(1e-3),
@@ -200,7 +255,7 @@ class TorchStep:
     return (time.perf_counter() - t0) / steps
 
 
-def make_step(opt, params, grads):
+def make_step(opt, params, grads, factor_rule=None):
   if opt.startswith("keras.optimizers."):
     cls, _, suffix = opt.removeprefix("keras.optimizers.").partition("+")
     return keras_step(params, grads, cls, **KERAS_FEATURES.get("+" + suffix, {}))
@@ -209,19 +264,23 @@ def make_step(opt, params, grads):
     return keras_step(params, grads, opt.removeprefix("adafactor_jax.keras."), module=afk)
   if opt == "torch.optim.Adafactor":
     return TorchStep(params, grads)
+  if factor_rule is not None and opt == "adafactor_jax.adafactor":  # a stacked tree
+    return optax_step(adafactor_jax.adafactor(1e-3, factor_rule=factor_rule), params, grads)
   return optax_step((OPTIMIZERS | FEATURE_OPTIMIZERS)[opt](), params, grads)
 
 
 def bench_tree(name, shapes, names, reps, compile_reps=1, dtype="float32",
-               steps_per_rep=1):
+               steps_per_rep=1, device_time=False):
   params = materialise(shapes, 0, DTYPES[dtype])
   grads = materialise(shapes, 1, DTYPES[dtype])
+  rule = SCAN_RULES[name]() if name in SCAN_RULES else None
+  tree_name = name
   if dtype != "float32":
     name = f"{name} {dtype}"
   n_bytes = sum(x.nbytes for x in jax.tree.leaves(params))
   rows, steps = {}, {}
   for opt in names:
-    steps[opt] = make_step(opt, params, grads)
+    steps[opt] = make_step(opt, params, grads, rule)
   for _ in range(compile_reps - 1):  # interleaved recompiles: every optimizer once per round
     for opt in names:
       if steps[opt].compile_times:
@@ -255,20 +314,46 @@ def bench_tree(name, shapes, names, reps, compile_reps=1, dtype="float32",
     for ref in ("optax.adafactor", "optax.adam"):
       r[f"vs_{ref}"] = r["median_ms"] / rows[ref]["median_ms"] if ref in rows else float("nan")
     del r["times"]
-  return {"tree": name, "param_mb": n_bytes / 1e6, "rows": rows}
+  # the physical bound: the bytes each optimizer must move, at the measured copy bandwidth
+  copy = physical.copy_bandwidth()
+  bandwidth = copy["bandwidth"]
+  typed = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
+  for opt, r in rows.items():
+    if device_time and opt != "torch.optim.Adafactor":  # torch: eager, not a traced program
+      r["device_ms"], r["kernels"] = physical.device_time(lambda o=opt: steps[o](1))
+    kind = BOUND_KINDS.get(opt)
+    if kind is None:
+      continue
+    algo, factoring, stats = kind
+    if rule is not None and opt == "adafactor_jax.adafactor":
+      factoring = rule
+    r["phys_bound_ms"] = 1e3 * physical.step_bytes(typed, algo, factoring, stats) / bandwidth
+    # on the CPU the trace gives no device time: the wall time stands for it
+    measured = r.get("device_ms", float("nan"))
+    if math.isnan(measured):
+      measured = r["median_ms"]
+    r["phys_bound_fraction"] = r["phys_bound_ms"] / measured
+  return {"tree": name, "param_mb": n_bytes / 1e6, "rows": rows,
+          "copy_gb_s": {k: v / 1e9 for k, v in copy.items()}, "stacked": tree_name in SCAN_RULES}
 
 
 def markdown(results) -> str:
+  nan = float("nan")
+  extra = [("device ms", "device_ms", 2), ("kernels", "kernels", 0),
+           ("phys bound ms", "phys_bound_ms", 2), ("of phys bound", "phys_bound_fraction", 2)]
+  extra = [c for c in extra if any(c[1] in r for res in results for r in res["rows"].values())]
   out = ["| tree | optimizer | step ms (median) | min | max | / optax.adafactor | / optax.adam "
-         "| state MB | temp MB | compile s | bound ms | of bound |",
-         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+         "| state MB | temp MB | compile s | bound ms | of bound |"
+         + "".join(f" {h} |" for h, _, _ in extra),
+         "|---|---|" + "---:|" * (10 + len(extra))]
   for res in results:
     for opt, r in res["rows"].items():
       out.append(
           f"| {res['tree']} ({res['param_mb']:.0f} MB) | {opt} | {r['median_ms']:.1f} | "
           f"{r['min_ms']:.1f} | {r['max_ms']:.1f} | {r['vs_optax.adafactor']:.2f} | "
           f"{r['vs_optax.adam']:.2f} | {r['state_mb']:.2f} | {r['temp_mb']:.1f} | "
-          f"{r['compile_s']:.1f} | {r['bound_ms']:.1f} | {r['bound_fraction']:.2f} |")
+          f"{r['compile_s']:.1f} | {r['bound_ms']:.1f} | {r['bound_fraction']:.2f} |"
+          + "".join(f" {r.get(k, nan):.{d}f} |" for _, k, d in extra))
   return "\n".join(out)
 
 
@@ -396,6 +481,9 @@ def main(argv=None):
                        "last (on an accelerator, where one step is shorter than its dispatch)")
   ap.add_argument("--dtype", default="float32", choices=list(DTYPES),
                   help="dtype of the params and gradients")
+  ap.add_argument("--device-time", action="store_true",
+                  help="also trace each step with jax.profiler: kernel time per step and kernel "
+                       "count, against which the physical bound's fraction is taken")
   ap.add_argument("--json", default="")
   ap.add_argument("--plot", default="", help="write a PNG of step time and memory")
   ap.add_argument("--from-json", default="", metavar="PATH",
@@ -419,8 +507,12 @@ def main(argv=None):
   results = []
   for tree in args.trees:
     t0 = time.perf_counter()
-    results.append(bench_tree(tree, TREES[tree](), args.optimizers, args.reps,
-                              args.compile_reps, args.dtype, args.steps_per_rep)
+    names = args.optimizers
+    if tree in SCAN_RULES:  # stacked layers: the optimizers that can give them per-layer numbers
+      names = [n for n in names if n in ("adafactor_jax.adafactor", "optax.adafactor",
+                                         "optax.adam")]
+    results.append(bench_tree(tree, TREES[tree](), names, args.reps, args.compile_reps,
+                              args.dtype, args.steps_per_rep, args.device_time)
                    | {"machine": where})
     print(f"{tree}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
   print(markdown(results))

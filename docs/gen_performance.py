@@ -47,6 +47,11 @@ COLUMNS = [  # header, how a row gives it
     ("compile s", lambda r: _compile(r)),
     ("bound ms", lambda r: _num(r["bound_ms"], 1)),
     ("of bound", lambda r: _num(r["bound_fraction"], 2)),
+    # benchmarks/run.py --device-time and the physical bound (runs before them lack these)
+    ("device ms", lambda r: _num(r.get("device_ms"), 2)),
+    ("kernels", lambda r: _num(r.get("kernels"), 0)),
+    ("phys bound ms", lambda r: _num(r.get("phys_bound_ms"), 1)),
+    ("of phys bound", lambda r: _num(r.get("phys_bound_fraction"), 2)),
 ]
 
 
@@ -80,7 +85,13 @@ def table(results: list) -> str:
 
 def machine(results: list) -> str:
   where = list(dict.fromkeys(res.get("machine") or UNRECORDED_MACHINE for res in results))
-  return "Machine: " + "; ".join(where) + "."
+  line = "Machine: " + "; ".join(where) + "."
+  copy = [res["copy_gb_s"] for res in results if "copy_gb_s" in res]
+  if copy:  # the physical bound's bandwidth, measured once per tree
+    kinds = ", ".join(f"{k} {min(c[k] for c in copy):.1f}-{max(c[k] for c in copy):.1f} GB/s"
+                      for k in copy[0] if k != "bandwidth")
+    line += f" Copy bandwidth (read + write) over the trees' runs: {kinds}."
+  return line
 
 
 def keras_fit_table(result: dict) -> str:

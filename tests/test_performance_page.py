@@ -74,6 +74,23 @@ def test_table_format(gen):
   assert gen.machine([{"rows": {}}]).startswith("Machine: not recorded in the JSON")
 
 
+def test_table_with_device_time_and_physical_bound(gen):
+  """``run.py --device-time``'s columns, and the copy bandwidth on the machine line."""
+  row = {"median_ms": 5.0, "min_ms": 4.0, "max_ms": 6.0, "vs_optax.adafactor": float("nan"),
+         "vs_optax.adam": 1.0, "state_mb": 2.0, "temp_mb": 0.0, "compile_s": 1.0,
+         "compile_times_s": [1.0], "bound_ms": 1.0, "bound_fraction": 0.2, "device_ms": 4.25,
+         "kernels": 849.0, "phys_bound_ms": 1.02, "phys_bound_fraction": 0.24}
+  results = [{"tree": "t", "param_mb": 1.0, "machine": "m", "rows": {"optax.adam": row},
+              "copy_gb_s": {"xla": 3000.0, "bandwidth": 3000.0}},
+             {"tree": "u", "param_mb": 1.0, "machine": "m", "rows": {"optax.adam": row},
+              "copy_gb_s": {"xla": 2900.0, "bandwidth": 2900.0}}]
+  lines = gen.table(results).splitlines()
+  assert lines[0].endswith("| device ms | kernels | phys bound ms | of phys bound |")
+  assert lines[2].endswith("| 4.25 | 849 | 1.0 | 0.24 |")
+  assert gen.machine(results) == ("Machine: m. Copy bandwidth (read + write) over the trees' "
+                                  "runs: xla 2900.0-3000.0 GB/s.")
+
+
 def test_images_and_links_resolve():
   """The pages' images exist, both plots are shown, and relative links name existing pages."""
   pages = [DOCS / "performance.md", DOCS / "design" / "performance-history.md"]
