@@ -3,8 +3,8 @@
 Used by ``benchmarks/run.py --device-time``:
 
 * `device_time`: runs a step under ``jax.profiler.trace`` and reads the trace
-  (``jax.profiler.ProfileData``): the device's busy time per step (the summed durations of what
-  ran on the accelerator's streams) and the kernels' count. XLA:CPU's trace has neither (its
+  (``jax.profiler.ProfileData``): the device's busy time per step (the time covered by what ran
+  on the accelerator's streams) and the kernels' count. XLA:CPU's trace has neither (its
   kernels run on the host's threads, not all recorded): on the CPU the step's wall time stands
   for its device time.
 * `copy_bandwidth`: the bytes per second that a copy moves (read + write) on the device: an
