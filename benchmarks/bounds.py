@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from adafactor_jax._src.factoring import FactorRules
+from adafactor_jax._src.tree import flatten_params
 
 
 def busy_ns(intervals: list[tuple[float, float]]) -> float:
@@ -145,10 +146,6 @@ def copy_bandwidth(nbytes: int = 256 << 20, reps: int = 7) -> dict[str, float]:
   return out
 
 
-def _path(path) -> str:
-  return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
-
-
 def step_bytes(shapes: Any, kind: str, factor_rule: Any = "largest",
                stats_itemsize: int | None = 4) -> int:
   """The bytes a step of `kind` ("adam" or "adafactor") must move over the tree `shapes`
@@ -157,13 +154,13 @@ def step_bytes(shapes: Any, kind: str, factor_rule: Any = "largest",
   dtype (optax)."""
   rules = FactorRules(factor_rule)
   total = 0
-  for path, leaf in jax.tree_util.tree_leaves_with_path(shapes):
+  for path, leaf in flatten_params(shapes)[0]:
     size, itemsize = int(np.prod(leaf.shape)), jnp.dtype(leaf.dtype).itemsize
     if kind == "adam":
       total += 7 * size * itemsize
     elif kind == "adafactor":
       total += 6 * size * itemsize
-      if not rules.plan(_path(path), leaf.shape).factored:
+      if not rules.plan(path, leaf.shape).factored:
         total += 2 * size * (stats_itemsize or itemsize)
     else:
       raise ValueError(f"kind must be 'adam' or 'adafactor', got {kind!r}")

@@ -40,6 +40,7 @@ import optax  # noqa: E402
 
 import adafactor_jax  # noqa: E402
 from adafactor_jax._src.factoring import FactorRules  # noqa: E402
+from adafactor_jax._src.tree import path_str  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bounds as physical  # noqa: E402
@@ -94,27 +95,21 @@ def stacked(shapes: dict, group: tuple[str, ...], name: str = "layers") -> tuple
     p = plan("", leaf.shape)
     labels = ["row" if d in p.row_dims else "col" if d in p.col_dims else "none"
               for d in range(len(leaf.shape))]
-    key = "/".join(str(k.key) for k in path)
-    rule["^" + re.escape("/".join(group + (name, key))) + "$"] = ("batch", *labels)
+    rule["^" + re.escape("/".join(group + (name, path_str(path)))) + "$"] = ("batch", *labels)
   return shapes, rule
 
 
-def bert_scan_shapes() -> dict:
-  return stacked(bert_base_shapes(), ("encoder",))[0]
-
-
-def vit_scan_shapes() -> dict:
-  return stacked(vit_b16_shapes(), ("layers",))[0]
-
-
-TREES = {"bert": bert_base_shapes, "vit": vit_b16_shapes, "small": small_leaves_shapes,
-         "bert_scan": bert_scan_shapes, "vit_scan": vit_scan_shapes}
-# The factor rules of the stacked trees: this library's adafactor takes them (per-layer
-# statistics, clipping and parameter scale); optax.adafactor has no such rule: its statistics
-# keep the layer dim (each reduces one dim), but its update clipping and parameter scale take
-# the RMS of the whole stacked leaf, so its numbers are not the unstacked tree's.
-SCAN_RULES = {"bert_scan": lambda: stacked(bert_base_shapes(), ("encoder",))[1],
-              "vit_scan": lambda: stacked(vit_b16_shapes(), ("layers",))[1]}
+# The stacked trees: the unstacked tree and the group of its layers. This library's adafactor
+# takes their factor rules (per-layer statistics, clipping and parameter scale); optax.adafactor
+# has no such rule: its statistics keep the layer dim (each reduces one dim), but its update
+# clipping and parameter scale take the RMS of the whole stacked leaf, so its numbers are not the
+# unstacked tree's.
+SCANNED = {"bert_scan": (bert_base_shapes, ("encoder",)), "vit_scan": (vit_b16_shapes, ("layers",))}
+SCAN_RULES = {tree: lambda shapes=shapes, group=group: stacked(shapes(), group)[1]
+              for tree, (shapes, group) in SCANNED.items()}
+TREES = {"bert": bert_base_shapes, "vit": vit_b16_shapes, "small": small_leaves_shapes} | {
+    tree: lambda shapes=shapes, group=group: stacked(shapes(), group)[0]
+    for tree, (shapes, group) in SCANNED.items()}
 # Which bound each optimizer has (bounds.step_bytes): its algorithm, factoring rule and the
 # itemsize of its statistics (None: the param dtype). Only these exact configurations: one
 # without the update clipping or the parameter scale (torch's, the "+no_..." ones) moves fewer
@@ -274,7 +269,6 @@ def bench_tree(name, shapes, names, reps, compile_reps=1, dtype="float32",
   params = materialise(shapes, 0, DTYPES[dtype])
   grads = materialise(shapes, 1, DTYPES[dtype])
   rule = SCAN_RULES[name]() if name in SCAN_RULES else None
-  tree_name = name
   if dtype != "float32":
     name = f"{name} {dtype}"
   n_bytes = sum(x.nbytes for x in jax.tree.leaves(params))
@@ -334,7 +328,7 @@ def bench_tree(name, shapes, names, reps, compile_reps=1, dtype="float32",
       measured = r["median_ms"]
     r["phys_bound_fraction"] = r["phys_bound_ms"] / measured
   return {"tree": name, "param_mb": n_bytes / 1e6, "rows": rows,
-          "copy_gb_s": {k: v / 1e9 for k, v in copy.items()}, "stacked": tree_name in SCAN_RULES}
+          "copy_gb_s": {k: v / 1e9 for k, v in copy.items()}, "stacked": rule is not None}
 
 
 def markdown(results) -> str:
