@@ -61,18 +61,16 @@ def kernel_events(profile: Any) -> tuple[list[str], float]:
   no kernels and NaN, and the step's wall time stands for its device time."""
   names: list[str] = []
   intervals: list[tuple[float, float]] = []
-  accelerator = False
   for plane in profile.planes:
     if not plane.name.startswith("/device:") or plane.name.startswith("/device:CPU"):
       continue
-    accelerator = True
     for line in plane.lines:
       # "Stream #N(...)": what ran; the derived lines ("XLA Ops", "XLA Modules") repeat it
       if line.name.startswith("Stream"):
         for e in line.events:
           names.append(e.name)
           intervals.append((e.start_ns, e.duration_ns))
-  return names, (busy_ns(intervals) if accelerator and intervals else float("nan"))
+  return names, (busy_ns(intervals) if intervals else float("nan"))
 
 
 def trace(step: Callable[[], Any], steps: int) -> Any:
